@@ -1,0 +1,117 @@
+"""The ``m2l`` command.
+
+``m2l run`` runs or resumes a job; ``m2l validate`` checks a config and prints the
+plan without starting Ray; ``m2l dedup`` / ``m2l langid`` curate any dataset;
+``m2l s3-server`` starts a local S3-compatible server; ``m2l prepare-model``
+converts the local default model once. User errors print one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from collections.abc import Sequence
+
+from m2l_ray.errors import M2LError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from m2l_ray.config import load_config
+    from m2l_ray.pipeline import RunOptions, run
+
+    cfg = load_config(args.config, args.set or ())
+    run(cfg, RunOptions(ray_address=args.address, force_lock=args.force_lock))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from m2l_ray.config import load_config
+    from m2l_ray.context import prepare
+    from m2l_ray.plan import plan, select
+    from m2l_ray.seeds import read_seeds
+
+    cfg = load_config(args.config, args.set or ())
+    ctx = prepare(cfg)
+    read = read_seeds(cfg.seeds, ctx.registry, set(ctx.task_ids), ctx.storage)
+    sel = select(read.seeds, cfg.seed, cfg.seeds.per_group_cap, cfg.seeds.languages, cfg.seeds.tasks)
+    planned = plan(sel.selected, ctx.taxonomy, cfg.seed, cfg.turns.min, cfg.turns.max,
+                   cfg.output.work_unit_size, cfg.engine.evol_attempts)
+    print(json.dumps({
+        "config_hash": cfg.config_hash(),
+        "seeds_read": read.rows_read,
+        "seeds_usable": len(read.seeds),
+        "quarantined": dict(Counter(q.reason for q in read.quarantine)),
+        "selected": len(sel.selected),
+        "languages": len({p.language_code for p in planned}),
+        "tasks": len({p.task for p in planned}),
+        "work_units": len({p.work_unit for p in planned}),
+        "turns": dict(sorted(Counter(p.turns for p in planned).items())),
+    }, indent=2))
+    return 0
+
+
+def _prepare_model(args: argparse.Namespace) -> int:
+    from m2l_ray.model_cache import ensure_local_model
+
+    print(ensure_local_model())
+    return 0
+
+
+def _s3_server(args: argparse.Namespace) -> int:
+    from m2l_ray.s3server import main as s3_main
+
+    return s3_main(args.rest) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="m2l", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run or resume a synthesis job")
+    r.add_argument("--config", required=True, help="job config YAML")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. engine.sampling.max_tokens=256")
+    r.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
+    r.add_argument("--force-lock", action="store_true",
+                   help="take over the output lock of a run that is known to be dead")
+    r.set_defaults(func=_run)
+
+    v = sub.add_parser("validate", help="check a config and print the plan, without Ray")
+    v.add_argument("--config", required=True)
+    v.add_argument("--set", action="append", metavar="KEY=VALUE")
+    v.set_defaults(func=_validate)
+
+    m = sub.add_parser("prepare-model", help="convert the local default model once")
+    m.set_defaults(func=_prepare_model)
+
+    s = sub.add_parser("s3-server", help="start a local S3-compatible server (SeaweedFS)",
+                       add_help=False)
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=_s3_server)
+
+    from m2l_ray.curation.cli import register
+
+    register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except M2LError as e:
+        from m2l_ray.storage import redact
+
+        print(f"m2l: error: {redact(str(e))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("m2l: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

