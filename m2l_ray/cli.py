@@ -29,7 +29,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from m2l_ray.config import load_config
-    from m2l_ray.context import prepare
+    from m2l_ray.context import check_seed_languages, prepare
     from m2l_ray.plan import plan, select
     from m2l_ray.seeds import read_seeds
 
@@ -37,6 +37,7 @@ def _validate(args: argparse.Namespace) -> int:
     ctx = prepare(cfg)
     read = read_seeds(cfg.seeds, ctx.registry, set(ctx.task_ids), ctx.storage)
     sel = select(read.seeds, cfg.seed, cfg.seeds.per_group_cap, cfg.seeds.languages, cfg.seeds.tasks)
+    warnings = list(ctx.warnings) + check_seed_languages(ctx, {s.language_code for s in sel.selected})
     planned = plan(sel.selected, ctx.taxonomy, cfg.seed, cfg.turns.min, cfg.turns.max,
                    cfg.output.work_unit_size, cfg.engine.evol_attempts)
     print(json.dumps({
@@ -49,7 +50,8 @@ def _validate(args: argparse.Namespace) -> int:
         "tasks": len({p.task for p in planned}),
         "work_units": len({p.work_unit for p in planned}),
         "turns": dict(sorted(Counter(p.turns for p in planned).items())),
-    }, indent=2))
+        "warnings": warnings,
+    }, indent=2, ensure_ascii=False))
     return 0
 
 

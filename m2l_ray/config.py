@@ -84,6 +84,7 @@ class EngineConfig:
     cpu_kvcache_gb: float = 2.0  # VLLM_CPU_KVCACHE_SPACE on CPU nodes
     enforce_eager: bool = False
     batch_size: int = 4  # rows per async batch; many small batches in flight per actor
+    resources: Mapping[str, float] = field(default_factory=dict)  # custom Ray resources per actor
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     evol_attempts: int = 2  # evol types tried before a seed's evolution counts as failed
     # openai engine (see engines/openai_engine.py)
@@ -274,7 +275,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str | None = None) -> JobCo
 _ENGINE_KEYS = {
     "kind", "model", "max_model_len", "max_num_seqs", "tensor_parallel_size", "num_actors",
     "gpu_memory_utilization", "dtype", "cpu_kvcache_gb", "enforce_eager", "batch_size", "sampling",
-    "evol_attempts", "base_url", "api_key_env", "extra", "openai",
+    "evol_attempts", "base_url", "api_key_env", "extra", "openai", "resources",
 }
 _SAMPLING_KEYS = {
     "temperature", "top_p", "max_tokens", "evolve_max_tokens", "user_turn_max_tokens",
@@ -333,7 +334,11 @@ def _engine(r: _Reader, e: Mapping[str, Any]) -> EngineConfig:
         api_key_env=r.typed(e, "api_key_env", str, "engine", None),
         extra=dict(r.mapping(e, "extra", "engine.extra")),
         openai=dict(r.mapping(e, "openai", "engine.openai")),
+        resources=dict(r.mapping(e, "resources", "engine.resources")),
     )
+    for k, v in cfg.resources.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise ConfigError(f"engine.resources.{k}", f"must be a positive number, got {v!r}", r.source)
     if not 0 < cfg.gpu_memory_utilization <= 1:
         raise ConfigError("engine.gpu_memory_utilization", "must be in (0, 1]", r.source)
     if sampling.max_tokens >= cfg.max_model_len:

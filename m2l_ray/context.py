@@ -31,6 +31,7 @@ class JobContext:
     curation: Any  # CurationConfig
     storage: Any  # StorageOptions
     task_ids: frozenset[str] = frozenset()  # every task the taxonomy knows (seeds are checked against it)
+    warnings: tuple[str, ...] = ()
 
 
 def load_registry(cfg: JobConfig) -> LanguageRegistry:
@@ -79,8 +80,18 @@ def prepare(cfg: JobConfig) -> JobContext:
         if looks_local and not Path(os.path.expanduser(e.model)).exists():
             raise ConfigError("engine.model", f"model folder not found: {e.model}", cfg.source)
     curation = CurationConfig.from_dict(cfg.curation, source=cfg.source)
+    # a language the LID model can't identify needs an explicit policy, named here; with
+    # no language list the check runs on the languages found in the seeds (check_seed_languages)
+    warnings = curation.validate_languages(registry, cfg.seeds.languages) if cfg.seeds.languages else []
     storage = StorageOptions.from_dict(cfg.storage, source=cfg.source)
-    return JobContext(cfg, registry, taxonomy, curation, storage, frozenset(full.tasks))
+    return JobContext(
+        cfg, registry, taxonomy, curation, storage, frozenset(full.tasks), tuple(warnings)
+    )
+
+
+def check_seed_languages(ctx: JobContext, codes: set[str]) -> list[str]:
+    """The LID coverage check on the languages the selected seeds actually have."""
+    return ctx.curation.validate_languages(ctx.registry, sorted(codes))
 
 
 def job_info(cfg: JobConfig) -> JobInfo:

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from m2l_ray import __version__
 from m2l_ray.config import JobConfig
-from m2l_ray.context import JobContext, prepare
+from m2l_ray.context import JobContext, check_seed_languages, prepare
 from m2l_ray.errors import M2LError
 from m2l_ray.plan import PlannedConversation, plan, select
 from m2l_ray.progress import Progress
@@ -74,6 +74,8 @@ def run(cfg: JobConfig, opts: RunOptions | None = None) -> dict[str, Any]:
     emit = opts.emit
     t0 = time.monotonic()
     ctx = prepare(cfg)
+    for w in ctx.warnings:
+        emit(f"[config] {w}")
     store = Store.open(cfg.output.uri, ctx.storage)
     store.check_reachable()
     config_hash = cfg.config_hash()
@@ -88,12 +90,45 @@ def run(cfg: JobConfig, opts: RunOptions | None = None) -> dict[str, Any]:
             f"({manifest.get('config_hash')}, this one is {config_hash}); use a new output.uri"
         )
     run_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    store.acquire_lock(LOCK_KEY, run_id, force=opts.force_lock)
+    _acquire(store, run_id, opts.force_lock, emit)
     try:
         summary = _run_locked(ctx, store, emit, t0)
     finally:
         store.release_lock(LOCK_KEY, run_id)
     return summary
+
+
+def _acquire(store: Any, run_id: str, force: bool, emit: Callable[[str], None]) -> None:
+    """Take the output lock; a lock left by a dead run on this host is taken over.
+
+    A crashed or killed driver can't release its lock; "rerun the same command" must
+    still work, so a holder on this host whose pid is gone counts as dead. A holder
+    on another host is only taken over with --force-lock.
+    """
+    from m2l_ray.errors import StorageError
+
+    try:
+        store.acquire_lock(LOCK_KEY, run_id, force=force)
+        return
+    except StorageError:
+        holder = store.read_lock(LOCK_KEY) or {}
+        if holder.get("host") != socket.gethostname() or _pid_alive(holder.get("pid")):
+            raise
+    emit(f"[m2l] taking over the lock of run {holder.get('run_id')}: its process "
+         f"{holder.get('pid')} on this host is gone")
+    store.acquire_lock(LOCK_KEY, run_id, force=True)
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _run_locked(ctx: JobContext, store: Any, emit: Callable[[str], None], t0: float) -> dict[str, Any]:
@@ -107,6 +142,9 @@ def _run_locked(ctx: JobContext, store: Any, emit: Callable[[str], None], t0: fl
          f"{dict(q_reasons) if q_reasons else ''}".rstrip())
 
     sel = select(read.seeds, cfg.seed, cfg.seeds.per_group_cap, cfg.seeds.languages, cfg.seeds.tasks)
+    if not cfg.seeds.languages:
+        for w in check_seed_languages(ctx, {s.language_code for s in sel.selected}):
+            emit(f"[config] {w}")
     planned = plan(
         sel.selected, ctx.taxonomy, cfg.seed, cfg.turns.min, cfg.turns.max,
         cfg.output.work_unit_size, cfg.engine.evol_attempts,
@@ -166,15 +204,6 @@ def ray_init(address: str | None = None) -> None:
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
 
 
-def actor_count(cfg: JobConfig) -> int:
-    import ray
-
-    if cfg.engine.num_actors:
-        return cfg.engine.num_actors
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    return max(1, gpus // cfg.engine.tensor_parallel_size) if gpus else 1
-
-
 def generate(
     ctx: JobContext,
     todo: Sequence[PlannedConversation],
@@ -187,20 +216,18 @@ def generate(
     from ray.data import ActorPoolStrategy
 
     from m2l_ray.generate import ConversationGenerator, pool_settings
+    from m2l_ray.placement import plan_actors
 
     cfg = ctx.cfg
     ray_init()
-    n_actors = actor_count(cfg)
+    actors = plan_actors(cfg.engine, ray.cluster_resources())
+    n_actors = actors.actors
     settings = pool_settings(cfg.engine, len(todo))
-    gpu = ray.cluster_resources().get("GPU", 0) > 0
     emit(f"[generate] {len(todo)} conversations on {n_actors} engine actor(s) "
-         f"({cfg.engine.kind}, {cfg.engine.model}, {'GPU' if gpu else 'CPU'}), "
+         f"({cfg.engine.kind}, {cfg.engine.model}, {'GPU' if actors.gpus_per_actor else 'CPU'}), "
          f"{settings['tasks_in_flight_per_actor']} blocks of {settings['block_rows']} in flight per actor")
     ds = ray.data.from_items([p.to_row() for p in todo], override_num_blocks=settings["num_blocks"])
     k = settings["tasks_in_flight_per_actor"]
-    resources: dict[str, Any] = (
-        {"num_gpus": cfg.engine.tensor_parallel_size} if gpu else {"num_cpus": 1}
-    )
     out = ds.map_batches(
         ConversationGenerator,
         fn_constructor_kwargs={"cfg": cfg},
@@ -211,23 +238,26 @@ def generate(
         ),
         max_restarts=3,
         max_task_retries=3,
-        **resources,
+        **actors.remote_args(),
     )
-    pending: dict[int, list[dict]] = defaultdict(list)
+    # keyed by seed id: a block retried after an actor died can't duplicate a conversation
+    pending: dict[int, dict[str, dict]] = defaultdict(dict)
     expected = {u: len(ps) for u, ps in units.items()}
     prog = Progress("generate", len(todo), cfg.output.progress_seconds, emit)
     written = 0
+    requests = 0
     for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
         rows = batch.to_pylist()
+        requests += sum(n for r in rows for _, _, n in json.loads(r["usage"] or "{}").values())
         prog.update(
             done=len(rows),
             failed=sum(r["status"] != "ok" for r in rows),
             tokens=sum(r["completion_tokens"] for r in rows),
         )
         for r in rows:
-            pending[r["work_unit"]].append(r)
+            pending[r["work_unit"]][r["seed_id"]] = r
         for u in [u for u, rs in pending.items() if len(rs) >= expected[u]]:
-            rs = sorted(pending.pop(u), key=lambda r: r["seed_id"])
+            rs = [r for _, r in sorted(pending.pop(u).items())]
             store.write_parquet(unit_key(u), pa.Table.from_pylist(rs, schema=RAW_SCHEMA))
             written += 1
     prog.update(force=True)
@@ -236,6 +266,7 @@ def generate(
     return {
         "generated": prog.done,
         "failed": prog.failed,
+        "requests": requests,
         "units_written": written,
         "completion_tokens": prog.tokens,
         "tokens_per_second": round(prog.tokens_per_second(), 1),
@@ -300,6 +331,14 @@ def _summarise(raw: pa.Table, kept: pa.Table, cur_stats: dict[str, Any]) -> dict
     if kept.num_rows:
         for code in kept.column("language_code").to_pylist():
             per_lang[code]["kept"] += 1
+    usage_stage: dict[str, dict[str, int]] = defaultdict(lambda: {"prompt": 0, "completion": 0, "requests": 0})
+    usage_lang: dict[str, dict[str, int]] = defaultdict(lambda: {"prompt": 0, "completion": 0, "requests": 0})
+    for code, usage in zip(raw.column("language_code").to_pylist(), raw.column("usage").to_pylist(), strict=True):
+        for stage, (p_tok, c_tok, n) in json.loads(usage or "{}").items():
+            for bucket in (usage_stage[stage], usage_lang[code]):
+                bucket["prompt"] += p_tok
+                bucket["completion"] += c_tok
+                bucket["requests"] += n
     status = Counter(raw.column("status").to_pylist())
     return {
         "conversations_raw": raw.num_rows,
@@ -310,6 +349,8 @@ def _summarise(raw: pa.Table, kept: pa.Table, cur_stats: dict[str, Any]) -> dict
         "prompt_tokens": int(pc.sum(raw.column("prompt_tokens")).as_py() or 0),
         "completion_tokens": int(pc.sum(raw.column("completion_tokens")).as_py() or 0),
         "per_language": {k: dict(v) for k, v in sorted(per_lang.items())},
+        "usage_by_stage": dict(sorted(usage_stage.items())),
+        "usage_by_language": dict(sorted(usage_lang.items())),
         "drop_reasons": cur_stats.get("drop_reasons", {}),
         "curation": cur_stats,
     }
@@ -336,7 +377,7 @@ def commit(ctx: JobContext, store: Any, summary: dict[str, Any], emit: Callable[
     }
     store.put_json(MANIFEST_KEY, manifest)
     emit(f"[done] {manifest['rows']} conversations in {len(shards)} shard(s) at "
-         f"{store.key_uri('final/')}; manifest {store.key_uri(MANIFEST_KEY)}")
+         f"{store.key_uri('final')}/; manifest {store.key_uri(MANIFEST_KEY)}")
     emit("[summary] " + json.dumps(_short(summary), ensure_ascii=False))
     return summary
 

@@ -134,21 +134,27 @@ def clean_output(book: PromptBook, text: str) -> str:
 
 
 _SENTENCE_END = re.compile(r"[.?!。？！।۔؟።॥\"”»)]\s*$")
+# ASCII stops need a following space (3.14, e.g.); CJK, Devanagari, Ethiopic ones don't
+_SENTENCE_END_ANY = re.compile(r"[.?!][\"”»)]*(?=\s|$)|[。？！।۔؟።॥][\"”»)」]*")
 
 
-def salvage_truncated(text: str, min_chars: int = 20) -> str | None:
-    """A generated instruction cut at max_tokens: keep its first paragraph if that one is whole.
+def salvage_truncated(text: str, min_chars: int = 12) -> str | None:
+    """A generated instruction cut at max_tokens: keep what is whole of it.
 
     Small models often write the instruction and then ramble on; the instruction itself
-    is complete. A first paragraph that ends a sentence and is not the whole text is
-    kept; anything else stays a 'truncated' failure.
+    is complete. Kept: the first paragraph if it ends a sentence, else everything up to
+    the last sentence end. Nothing whole (no sentence end, or too short): None, and the
+    step stays a 'truncated' failure.
     """
     para = re.split(r"\n\s*\n", text.strip(), maxsplit=1)
-    if len(para) < 2:
-        return None
     first = para[0].strip()
-    if len(first) >= min_chars and _SENTENCE_END.search(first):
+    if len(para) == 2 and len(first) >= min_chars and _SENTENCE_END.search(first):
         return first
+    ends = list(_SENTENCE_END_ANY.finditer(text))
+    if ends:
+        kept = text[: ends[-1].end()].strip()
+        if len(kept) >= min_chars:
+            return kept
     return None
 
 
@@ -185,6 +191,7 @@ def instruction_problem(
     lang: Language,
     previous: Sequence[str] = (),
     copy_reason: str = "copy_of_seed",
+    template: str = "",
 ) -> tuple[str, str] | None:
     """Why a generated instruction or user turn is unusable, or None if it is fine.
 
@@ -201,6 +208,9 @@ def instruction_problem(
     for marker in book.leak_markers:
         if marker in low:
             return "template_leakage", marker
+    copied = _template_overlap(text, template)
+    if copied:
+        return "template_leakage", copied
     script_problem = script_check(book, text, lang)
     if script_problem:
         return script_problem
@@ -209,6 +219,24 @@ def instruction_problem(
         p = _norm(prev)
         if n == p or difflib.SequenceMatcher(None, n, p).ratio() >= book.copy_similarity:
             return copy_reason, prev[:80]
+    return None
+
+
+_PLACEHOLDER = re.compile(r"\{[a-z_]+\}")
+_LEAK_NGRAM = 6
+
+
+def _template_overlap(text: str, template: str) -> str | None:
+    """A run of six words copied from our own prompt template: the model echoed the prompt."""
+    if not template:
+        return None
+    t_words = _norm(_PLACEHOLDER.sub(" | ", template)).split()
+    o_words = _norm(text).split()
+    grams = {tuple(t_words[i : i + _LEAK_NGRAM]) for i in range(len(t_words) - _LEAK_NGRAM + 1)}
+    for i in range(len(o_words) - _LEAK_NGRAM + 1):
+        g = tuple(o_words[i : i + _LEAK_NGRAM])
+        if g in grams:
+            return " ".join(g)
     return None
 
 

@@ -47,7 +47,7 @@ PROVENANCE_COLUMNS: list[pa.Field] = [
     pa.field("job_seed", pa.int64()),
     pa.field("prompt_tokens", pa.int64()),
     pa.field("completion_tokens", pa.int64()),
-    pa.field("usage", pa.string()),  # JSON: {"evolve"|"answer"|"user": [prompt, completion]}
+    pa.field("usage", pa.string()),  # JSON: {"evolve"|"answer"|"user": [prompt tokens, completion tokens, requests]}
     pa.field("m2l_version", pa.string()),
 ]
 

@@ -436,7 +436,7 @@ class Store:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StorageError(f"{self.key_uri(key)} is not valid JSON: {exc}") from None
 
-    def _read_lock(self, key: str) -> dict[str, Any] | None:
+    def read_lock(self, key: str) -> dict[str, Any] | None:
         """The lock's content; None if there is no lock, {} if it is unreadable garbage."""
         try:
             data = self.get_bytes(key)
@@ -450,7 +450,7 @@ class Store:
 
     def release_lock(self, key: str, run_id: str) -> None:
         """Delete the lock if ``run_id`` still holds it; leave a taken-over lock alone."""
-        holder = self._read_lock(key)
+        holder = self.read_lock(key)
         if holder is None:
             return
         if holder.get("run_id") != run_id:
@@ -567,7 +567,7 @@ class LocalStore(Store):
             try:
                 self._create_lock_file(path, body, force)
             except FileExistsError:
-                holder = self._read_lock(key)
+                holder = self.read_lock(key)
                 if holder is None:
                     continue  # released between our attempt and the read: try again
                 if holder.get("run_id") == run_id:
@@ -872,14 +872,14 @@ class S3Store(Store):
         full = self._key(key)
         body = json.dumps(_lock_body(run_id), sort_keys=True).encode()
         if force:
-            previous = self._read_lock(key)
+            previous = self.read_lock(key)
             self.put_bytes(key, body)
             if previous and previous.get("run_id") != run_id:
                 log.warning("took over lock %s from %s", self.key_uri(key),
                             _holder_text(previous))
             self._verify_lock(key, run_id)
             return
-        holder = self._read_lock(key)
+        holder = self.read_lock(key)
         if holder is not None:
             if holder.get("run_id") == run_id:
                 return  # our own lock: a resumed run or a retried acquire
@@ -899,7 +899,7 @@ class S3Store(Store):
         self._verify_lock(key, run_id)
 
     def _verify_lock(self, key: str, run_id: str) -> None:
-        holder = self._read_lock(key)
+        holder = self.read_lock(key)
         if not holder or holder.get("run_id") != run_id:
             raise _locked_error(self.uri, key, holder)
 

@@ -54,9 +54,10 @@ class _Acc:
     def add(self, step: str, c: Completion) -> None:
         self.prompt_tokens += c.prompt_tokens
         self.completion_tokens += c.completion_tokens
-        stage = self.by_stage.setdefault(step.split(".")[0], [0, 0])
+        stage = self.by_stage.setdefault(step.split(".")[0], [0, 0, 0])
         stage[0] += c.prompt_tokens
         stage[1] += c.completion_tokens
+        stage[2] += 1
 
     def fail(self, step: str, reason: str, detail: str = "") -> None:
         self.failures.append({"step": step, "reason": reason, "detail": detail[:300]})
@@ -123,7 +124,9 @@ class Synthesizer:
                 if not text:
                     acc.fail(step, "truncated", f"instruction hit evolve_max_tokens={s.evolve_max_tokens}")
                     continue
-            problem = instruction_problem(self.book, text, lang, previous=[p.instruction])
+            problem = instruction_problem(
+                self.book, text, lang, previous=[p.instruction], template=evol.prompt
+            )
             if problem:
                 acc.fail(step, *problem)
                 continue
@@ -157,7 +160,8 @@ class Synthesizer:
                     break
             previous = [m["content"] for m in conversation if m["role"] == "user"]
             problem = instruction_problem(
-                self.book, text, lang, previous=previous, copy_reason="repeated_turn"
+                self.book, text, lang, previous=previous, copy_reason="repeated_turn",
+                template=multiturn.prompt,
             )
             if problem:
                 acc.fail(step, *problem)

@@ -8,14 +8,12 @@ file with planted bad rows; the tests assert on what lands in the output folder.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from e2e_util import m2l
 
 from m2l_ray.schema import PUBLIC_NAMES, RAW_SCHEMA
 
@@ -32,14 +30,6 @@ BAD_ROWS = [
     b'{"language": "xx", "task": "open_ended", "instruction": "Unknown language here."}',
     b'{"language": "en", "task": "open_ended", "instruction": ""}',
 ]
-
-
-def m2l(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "m2l_ray.cli", *args], cwd=cwd, env=env,
-        capture_output=True, text=True, timeout=1500,
-    )
 
 
 @pytest.fixture(scope="module")

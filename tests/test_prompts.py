@@ -47,10 +47,13 @@ def test_clean_answer_keeps_wording_but_cuts_the_user_side():
     assert clean_answer("Sure, here it is: 42.\nUser: thanks") == "Sure, here it is: 42."
 
 
-def test_salvage_keeps_a_whole_first_paragraph_only():
+def test_salvage_keeps_only_whole_sentences():
     assert salvage_truncated("Write a poem about rain.\n\nHere are some tips for") == "Write a poem about rain."
+    assert salvage_truncated("Write a poem about rain. Use four lines. Then the model goes on and") == (
+        "Write a poem about rain. Use four lines.")
+    assert salvage_truncated("写一首关于雨的诗。要有四行。然后模型继续") == "写一首关于雨的诗。要有四行。"
     assert salvage_truncated("Write a poem about rain and the way it") is None
-    assert salvage_truncated("Short.\n\nmore") is None  # too short to be an instruction
+    assert salvage_truncated("Short. And then") is None  # too short to be an instruction
 
 
 @pytest.mark.parametrize(
@@ -86,3 +89,12 @@ def test_good_instructions_pass(lang, text):
 def test_render_history():
     h = render_history([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])
     assert h == "User: Hi\nAssistant: Hello"
+
+
+def test_echo_of_the_template_is_leakage():
+    template = "Add one or two explicit, checkable constraints to the instruction below. Write in {language}.\n{seed}"
+    echoed = "Add one or two explicit, checkable constraints or requirements for the task."
+    problem = instruction_problem(BOOK, echoed, REG.get("en"), template=template)
+    assert problem == ("template_leakage", "add one or two explicit checkable")
+    fresh = "List three checkable facts about the Nile, each under ten words."
+    assert instruction_problem(BOOK, fresh, REG.get("en"), template=template) is None

@@ -1,0 +1,69 @@
+"""Entrypoint of an m2l-ray job on a Ray cluster.
+
+    ray job submit --address http://HEAD:8265 --working-dir . \\
+        --runtime-env jobs/runtime_env.yaml -- python jobs/run.py --config jobs/m2lingual.yaml
+
+Arguments are those of ``m2l run`` (``--config``, ``--set key=value``, ``--force-lock``).
+The driver finds the cluster through RAY_ADDRESS, which Ray sets for submitted jobs.
+
+Why a file and not ``m2l run``: the entrypoint of a job must exist in the uploaded
+working dir whether or not the package is installed on the head node; vLLM starts
+its engine in a spawned process, which re-imports the entry module, so the work
+sits under an ``if __name__ == "__main__":`` guard; and ``ray job stop`` sends
+SIGTERM and, 3 s later, SIGKILL, so SIGTERM is turned into the same clean stop as
+Ctrl-C: the run releases its output lock and a resubmission resumes.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _warn_if_output_is_relative(argv: Sequence[str]) -> None:
+    """A relative local output.uri lands in Ray's copy of the working dir on the head node,
+    which Ray deletes later: say where it goes, before hours of generation."""
+    import argparse
+
+    from m2l_ray.config import load_config
+    from m2l_ray.errors import M2LError
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config")
+    p.add_argument("--set", action="append")
+    args, _ = p.parse_known_args(list(argv))
+    if not args.config:
+        return
+    try:
+        uri = load_config(args.config, args.set or ()).output.uri
+    except M2LError:
+        return  # `m2l run` reports it properly
+    if "://" not in uri and not Path(uri).expanduser().is_absolute():
+        print(f"[m2l] warning: output.uri '{uri}' is relative; this run writes to "
+              f"{Path(uri).absolute()}. In a submitted job that is Ray's temporary copy of "
+              "the working dir: set output.uri to an absolute path or s3://",
+              file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if str(ROOT) not in sys.path:  # the working dir, when the package isn't installed
+        sys.path.insert(0, str(ROOT))
+    from m2l_ray.cli import main as m2l_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _stop)
+    _warn_if_output_is_relative(argv)
+    return m2l_main(["run", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,855 @@
+"""MinHash-LSH near-duplicate detection on Ray Data.
+
+Stages (each a Ray Data operation, so each scales out with the cluster):
+
+1. **Row ids.** The input is materialised once and every row gets ``_m2l_row``
+   (block offsets, no shuffle) and ``_m2l_node``: XXH64 of its key (the
+   ``key_field`` value, else the whole row). The node decides which member of a
+   cluster survives (the smallest), so the choice depends on content, not on how
+   blocks were cut: two runs keep the same rows.
+2. **Signatures** (``map_batches``): shingles, MinHash and band keys of a whole
+   batch at once (shingles.py, minhash.py).
+3. **Buckets**: one row per (band key, node), hash-partitioned by band key with
+   ``repartition(keys=...)``; every block then holds whole buckets (the guarantee
+   ``GroupedData.map_groups`` relies on), and each bucket becomes star edges from
+   its smallest node to the others, found with numpy over the whole block.
+4. **Verification** (optional): candidate edges whose exact Jaccard of shingle sets
+   (or signature estimate) is below the threshold are dropped before they can join
+   clusters.
+5. **Connected components**: on the driver with scipy when the edge list is small
+   (``driver_max_edges``), else distributed by alternating large-star/small-star
+   rounds (Kiveris et al., 2014), each a hash repartition by node plus numpy.
+   Components become stars around their smallest node: the kept member.
+6. **Assignment**: every row gets ``dedup_cluster`` (hex of the kept member's node)
+   and ``dedup_duplicate``. The node -> root map is broadcast when it is small (it
+   holds only rows that have a duplicate), else joined by a hash repartition.
+
+Rows with the same node (identical key: identical rows, or a repeated id) are one
+vertex; the first of them by row id is its representative and the others are
+duplicates of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from m2l_ray.curation import minhash, shingles
+from m2l_ray.curation.config import DEDUP_FIELDS, DedupConfig
+from m2l_ray.curation.textnorm import field_text
+
+ROW = "_m2l_row"
+NODE = "_m2l_node"
+CLUSTER = "dedup_cluster"
+DUPLICATE = "dedup_duplicate"
+_BROADCAST_MAX = 5_000_000  # node -> root entries shipped to every task
+_DRIVER_MAX_ROWS = 20_000_000  # above this, identical keys are found by a Ray groupby
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """What to hash and how to cut it into shingles, resolved on the driver."""
+
+    column: str  # the column holding the text
+    field: str  # DEDUP_FIELDS value or the column name
+    segmentation: str  # "lang" (per row from language_field), "auto", "space", "char"
+    language_field: str | None = None
+    char_languages: frozenset[str] = frozenset()  # codes (lowercase) segmented by char
+    known_languages: frozenset[str] = frozenset()
+    key_field: str | None = None
+    eligible_field: str | None = None  # bool column: False rows take no part
+    ngram: int = 5
+    char_ngram: int = 5
+    num_perm: int = 128
+    bands: int = 16
+    rows: int = 8
+    seed: int = 1
+    payload: str = "exact"  # "exact": keep shingle sets, "signature": keep signatures
+
+
+@dataclass
+class DedupResult:
+    """Input rows plus ``dedup_cluster`` / ``dedup_duplicate``, and what happened."""
+
+    ds: Any  # ray.data.Dataset
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _num_partitions(cfg: DedupConfig, n_rows: int) -> int:
+    if cfg.num_partitions:
+        return cfg.num_partitions
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 2))
+    return max(2, min(4 * cpus, math.ceil(n_rows / 20_000) + 1))
+
+
+def with_row_index(ds: Any, key_field: str | None | bool = False) -> tuple[Any, int]:
+    """Materialise ``ds`` and add ``_m2l_row`` = position in that materialisation.
+
+    Uses block offsets (to_arrow_refs and one small task per block): no shuffle and
+    no driver-side copy of the data. Unless ``key_field`` is False, the same task
+    adds ``_m2l_node`` (see ``row_keys``).
+    """
+    import ray
+
+    mds = ds.materialize()
+    refs = mds.to_arrow_refs()
+    counts = ray.get([_num_rows.remote(r) for r in refs])
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    new = [_add_index.remote(r, int(o), key_field)
+           for r, o, c in zip(refs, offsets[:-1], counts, strict=True) if c]
+    if not new:
+        return mds, 0
+    return ray.data.from_arrow_refs(new), int(offsets[-1])
+
+
+def _remote(fn):  # late import of ray so that this module imports without it
+    import ray
+
+    return ray.remote(num_cpus=0.25)(fn)
+
+
+class _Lazy:
+    """A Ray remote function created on first use (importing ray is slow)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.remote_fn = None
+
+    def remote(self, *args):
+        if self.remote_fn is None:
+            self.remote_fn = _remote(self.fn)
+        return self.remote_fn.remote(*args)
+
+
+def _num_rows_impl(t: pa.Table) -> int:
+    return t.num_rows
+
+
+def _add_index_impl(t: pa.Table, offset: int, key_field: str | None | bool) -> pa.Table:
+    t = t.drop_columns([c for c in (ROW, NODE) if c in t.column_names])
+    t = t.append_column(ROW, pa.array(np.arange(offset, offset + t.num_rows, dtype=np.int64)))
+    if key_field is not False:
+        t = t.append_column(NODE, pa.array(row_keys(t, key_field)))
+    return t
+
+
+_num_rows = _Lazy(_num_rows_impl)
+_add_index = _Lazy(_add_index_impl)
+
+
+def _val(x: Any) -> Any:
+    """Broadcast arrays travel as ObjectRefs (stored once); tasks fetch them here."""
+    import ray
+
+    return ray.get(x) if isinstance(x, ray.ObjectRef) else x
+
+
+def _as_table(batch: Any) -> pa.Table:
+    if isinstance(batch, pa.Table):
+        return batch
+    import pandas as pd
+
+    if isinstance(batch, pd.DataFrame):
+        return pa.Table.from_pandas(batch, preserve_index=False)
+    return pa.table(batch)
+
+
+def _np(col: Any, dtype: Any) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def _list_arrays(col: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(flat values, offsets) of an Arrow list column."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    offsets = np.asarray(col.offsets.to_numpy(), dtype=np.int64)
+    values = col.values.to_numpy(zero_copy_only=False)
+    base = offsets[0]
+    return values[base : offsets[-1]] if base else values[: offsets[-1]], offsets - base
+
+
+def _list_column(values: np.ndarray, offsets: np.ndarray, typ: pa.DataType) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, typ))
+
+
+def row_keys(table: pa.Table, key_field: str | None) -> np.ndarray:
+    """int64 node of each row: XXH64 of its key (a column's value, else the whole row)."""
+    if key_field is not None:
+        vals = table.column(key_field).to_pylist()
+        keys = [b"\x00" if v is None else str(v).encode("utf-8") for v in vals]
+    else:
+        skip = {ROW, NODE}
+        names = [n for n in table.column_names if n not in skip and not n.startswith("_m2l")]
+        cols = [table.column(n).to_pylist() for n in names]
+        keys = [
+            json.dumps(list(vals), sort_keys=True, default=str, ensure_ascii=False).encode()
+            for vals in zip(*cols, strict=True)
+        ] if cols else [b""] * table.num_rows
+    return np.fromiter((xxhash.xxh64_intdigest(k) for k in keys), dtype=np.uint64,
+                       count=len(keys)).view(np.int64)
+
+
+def _texts(table: pa.Table, spec: TextSpec) -> list[str]:
+    col = table.column(spec.column)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return [v or "" for v in col.to_pylist()]
+    return [field_text(v, spec.field) for v in col.to_pylist()]
+
+
+def _char_mode(table: pa.Table, spec: TextSpec) -> np.ndarray | str | None:
+    if spec.segmentation == "space":
+        return None
+    if spec.segmentation == "char":
+        return np.ones(table.num_rows, dtype=bool)
+    if spec.segmentation == "auto" or spec.language_field is None:
+        return "auto"
+    codes = table.column(spec.language_field).to_pylist()
+    known = [(c or "").lower() in spec.known_languages for c in codes]
+    if not all(known):  # a code the registry lacks: decide those rows by script
+        return "auto"
+    return np.array([(c or "").lower() in spec.char_languages for c in codes], dtype=bool)
+
+
+# ------------------------------------------------------------------ stage 1-2
+
+
+def _signature_batch(batch: Any, spec: TextSpec) -> pa.Table:
+    """Per row: row id, node, band keys, and the verification payload."""
+    t = _as_table(batch)
+    n = t.num_rows
+    texts = _texts(t, spec)
+    mode = _char_mode(t, spec)
+    ok = np.ones(n, dtype=bool)
+    if spec.eligible_field is not None:
+        ok = _np(t.column(spec.eligible_field).fill_null(False), bool)
+        texts = [x if e else "" for x, e in zip(texts, ok, strict=True)]
+    h, off = shingles.shingle_hashes(texts, mode, ngram=spec.ngram, char_ngram=spec.char_ngram)
+    a, b = minhash.permutations(spec.num_perm, spec.seed)
+    sig = minhash.signatures(h, off, a, b)
+    has = np.diff(off) > 0
+    bk = minhash.band_keys(sig, spec.bands, spec.rows)
+    bk_len = np.where(has, spec.bands, 0)
+    bk_off = np.concatenate([[0], np.cumsum(bk_len)])
+    cols = {
+        ROW: t.column(ROW),
+        NODE: t.column(NODE),
+        "_bk": _list_column(bk[has].ravel(), bk_off, pa.int64()),
+    }
+    if spec.payload == "exact":
+        uh, uoff = shingles.unique_per_doc(h, off)
+        cols["_pl"] = _list_column(uh, uoff, pa.uint32())
+    elif spec.payload == "signature":
+        pl_len = np.where(has, spec.num_perm, 0)
+        cols["_pl"] = _list_column(sig[has].ravel(), np.concatenate([[0], np.cumsum(pl_len)]),
+                                   pa.uint32())
+    cols["_nsh"] = pa.array(np.diff(off).astype(np.int32))
+    cols["_el"] = pa.array(ok)
+    assert len(cols[ROW]) == n
+    return pa.table(cols)
+
+
+def _explode_bands(batch: Any) -> pa.Table:
+    t = _as_table(batch)
+    vals, off = _list_arrays(t.column("_bk"))
+    node = _np(t.column(NODE), np.int64)
+    return pa.table({"_bkey": vals.astype(np.int64),
+                     NODE: np.repeat(node, np.diff(off))})
+
+
+# ------------------------------------------------------------------ stage 3
+
+
+def _bucket_edges(batch: Any) -> pa.Table:
+    """Star edges (smallest node, other node) of every bucket in this block.
+
+    The block holds whole buckets (hash repartition by band key), so grouping is a
+    sort. Edges come out deduplicated within the block.
+    """
+    t = _as_table(batch)
+    k = _np(t.column("_bkey"), np.int64)
+    v = _np(t.column(NODE), np.int64)
+    a, b = _star_edges(k, v)
+    return pa.table({"a": a, "b": b})
+
+
+def _star_edges(k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if len(k) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    order = np.lexsort((v, k))
+    k, v = k[order], v[order]
+    keep = np.ones(len(k), dtype=bool)
+    keep[1:] = (k[1:] != k[:-1]) | (v[1:] != v[:-1])
+    k, v = k[keep], v[keep]
+    start = np.ones(len(k), dtype=bool)
+    start[1:] = k[1:] != k[:-1]
+    gid = np.cumsum(start) - 1
+    mins = v[start]
+    member = ~start
+    return _unique_pairs(mins[gid[member]], v[member])
+
+
+def _unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if len(a) == 0:
+        return a.astype(np.int64), b.astype(np.int64)
+    order = np.lexsort((b, a))
+    a, b = a[order], b[order]
+    keep = np.ones(len(a), dtype=bool)
+    keep[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    return a[keep], b[keep]
+
+
+# ------------------------------------------------------------------ stage 4
+
+
+def _payload_pairs(
+    va: np.ndarray, oa: np.ndarray, vb: np.ndarray, ob: np.ndarray, mode: str
+) -> np.ndarray:
+    """Similarity of pairs given their payload lists (shingle sets or signatures)."""
+    if mode == "exact":
+        return minhash.pair_jaccard(va, oa, vb, ob)
+    la, lb = np.diff(oa), np.diff(ob)
+    out = np.zeros(len(la))
+    ok = (la > 0) & (la == lb)
+    if ok.any():
+        p = int(la[ok][0])
+        sa = va[(oa[:-1][ok][:, None] + np.arange(p)).ravel()].reshape(-1, p)
+        sb = vb[(ob[:-1][ok][:, None] + np.arange(p)).ravel()].reshape(-1, p)
+        out[ok] = (sa == sb).mean(axis=1)
+    return out
+
+
+def _gather_lists(values: np.ndarray, offsets: np.ndarray, idx: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-lists ``idx`` of a flat (values, offsets) list column, as a new one."""
+    lens = np.diff(offsets)[idx]
+    new_off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    if new_off[-1] == 0:
+        return values[:0], new_off
+    starts = offsets[:-1][idx]
+    flat = np.repeat(starts - new_off[:-1], lens) + np.arange(new_off[-1])
+    return values[flat], new_off
+
+
+def _verify_local(a: np.ndarray, b: np.ndarray, nodes: np.ndarray, vals: np.ndarray,
+                  offs: np.ndarray, threshold: float, mode: str) -> np.ndarray:
+    """Mask of edges whose similarity reaches the threshold (payloads by sorted node)."""
+    ia = np.searchsorted(nodes, a)
+    ib = np.searchsorted(nodes, b)
+    keep = np.zeros(len(a), dtype=bool)
+    step = 100_000  # bounds the memory of the sort inside pair_jaccard
+    for s in range(0, len(a), step):
+        va, oa = _gather_lists(vals, offs, ia[s : s + step])
+        vb, ob = _gather_lists(vals, offs, ib[s : s + step])
+        keep[s : s + step] = _payload_pairs(va, oa, vb, ob, mode) >= threshold - 1e-12
+    return keep
+
+
+def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found mask, position) of ``keys`` in ``sorted_keys``."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(keys), dtype=bool), np.zeros(len(keys), dtype=np.int64)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[pos] == keys, pos
+
+
+def _attach_payload(batch: Any, side: str, threshold: float, mode: str) -> pa.Table:
+    """Co-partitioned join, one side at a time: edges (tag 1) keyed by ``side`` get
+    that endpoint's payload from the payload rows (tag 0) in the same block."""
+    t = _as_table(batch)
+    tag = _np(t.column("t"), np.int8)
+    k = _np(t.column("k"), np.int64)
+    pvals, poffs = _list_arrays(t.column("pl"))
+    prow = np.flatnonzero(tag == 0)
+    order = prow[np.argsort(k[prow], kind="stable")]
+    pk = k[order]
+    first = np.ones(len(pk), dtype=bool)
+    first[1:] = pk[1:] != pk[:-1]
+    nodes, src = pk[first], order[first]
+    erow = np.flatnonzero(tag == 1)
+    if side == "a":  # every copy of an edge is in this block: drop the copies
+        ea, eb = k[erow], _np(t.column("b"), np.int64)[erow]
+        order = np.lexsort((eb, ea))
+        keep = np.ones(len(order), dtype=bool)
+        keep[1:] = (ea[order][1:] != ea[order][:-1]) | (eb[order][1:] != eb[order][:-1])
+        erow = erow[order][keep]
+    found, pos = _lookup(nodes, k[erow])
+    erow, pos = erow[found], pos[found]
+    a = _np(t.column("a"), np.int64)[erow]
+    b = _np(t.column("b"), np.int64)[erow]
+    mine_v, mine_o = _gather_lists(pvals, poffs, src[pos])
+    if side == "a":
+        return pa.table({"a": a, "b": b, "pa": _list_column(mine_v, mine_o, pa.uint32())})
+    other_v, other_o = _list_arrays(t.column("pa"))
+    other_v, other_o = _gather_lists(other_v, other_o, erow)
+    sim = _payload_pairs(other_v, other_o, mine_v, mine_o, mode)
+    ok = sim >= threshold - 1e-12
+    return pa.table({"a": a[ok], "b": b[ok]})
+
+
+def _verify_distributed(edges: Any, sig: Any, nparts: int, threshold: float, mode: str) -> Any:
+    """Exact (or signature) check of candidate edges by two co-partitioned joins."""
+    lt = pa.list_(pa.uint32())
+
+    def edge_rows(side: str):
+        def fn(batch: Any) -> pa.Table:
+            t = _as_table(batch)
+            n = t.num_rows
+            pa_col = t.column("pa") if "pa" in t.column_names else pa.nulls(n, lt)
+            return pa.table({"k": t.column(side), "a": t.column("a"), "b": t.column("b"),
+                             "t": pa.array(np.ones(n, np.int8)), "pl": pa.nulls(n, lt),
+                             "pa": pa_col})
+        return fn
+
+    def payload_rows(batch: Any) -> pa.Table:
+        t = _as_table(batch)
+        n = t.num_rows
+        zero = pa.array(np.zeros(n, np.int64))
+        return pa.table({"k": t.column(NODE), "a": zero, "b": zero,
+                         "t": pa.array(np.zeros(n, np.int8)), "pl": t.column("_pl"),
+                         "pa": pa.nulls(n, lt)})
+
+    payload = sig.map_batches(payload_rows, batch_format="pyarrow")
+    step1 = (edges.map_batches(edge_rows("a"), batch_format="pyarrow").union(payload)
+             .repartition(nparts, keys=["k"])
+             .map_batches(_attach_payload, batch_size=None, batch_format="pyarrow",
+                          fn_kwargs={"side": "a", "threshold": threshold, "mode": mode}))
+    step2 = (step1.map_batches(edge_rows("b"), batch_format="pyarrow").union(payload)
+             .repartition(nparts, keys=["k"])
+             .map_batches(_attach_payload, batch_size=None, batch_format="pyarrow",
+                          fn_kwargs={"side": "b", "threshold": threshold, "mode": mode}))
+    return step2.materialize()
+
+
+# ------------------------------------------------------------------ stage 5
+
+
+def components_local(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nodes, root) for every node on an edge; root = smallest node of its component."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(a) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    nodes = np.unique(np.concatenate([a, b]))
+    ia, ib = np.searchsorted(nodes, a), np.searchsorted(nodes, b)
+    g = coo_matrix((np.ones(len(a), np.int8), (ia, ib)), shape=(len(nodes), len(nodes)))
+    _, label = connected_components(g, directed=False)
+    # nodes are sorted, so the first node seen for each label is its minimum
+    first = np.full(label.max() + 1, -1, dtype=np.int64)
+    order = np.arange(len(nodes))[::-1]
+    first[label[order]] = order  # last write wins: the smallest index
+    return nodes, nodes[first[label]]
+
+
+def _large_star(batch: Any) -> pa.Table:
+    """Per node u: link every larger neighbour to m(u) = min(u, neighbours)."""
+    t = _as_table(batch)
+    u = _np(t.column("u"), np.int64)
+    v = _np(t.column("v"), np.int64)
+    u, v = _unique_pairs(u, v)  # sorted by (u, v)
+    if len(u) == 0:
+        return pa.table({"a": u, "b": v, "changed": np.zeros(0, np.int8)})
+    start = np.ones(len(u), dtype=bool)
+    start[1:] = u[1:] != u[:-1]
+    gid = np.cumsum(start) - 1
+    m = np.minimum(u[start], v[start])[gid]  # v sorted within u: first v is the min
+    sel = v > u
+    changed = (m[sel] != u[sel]).astype(np.int8)
+    return pa.table({"a": v[sel], "b": m[sel], "changed": changed})
+
+
+def _small_star(batch: Any) -> pa.Table:
+    """Per node u and its smaller neighbours N: link N and u to m = min(N)."""
+    t = _as_table(batch)
+    u = _np(t.column("u"), np.int64)
+    v = _np(t.column("v"), np.int64)
+    u, v = _unique_pairs(u, v)  # v < u for every row; sorted by (u, v)
+    if len(u) == 0:
+        return pa.table({"a": u, "b": v, "changed": np.zeros(0, np.int8)})
+    start = np.ones(len(u), dtype=bool)
+    start[1:] = u[1:] != u[:-1]
+    gid = np.cumsum(start) - 1
+    m = v[start][gid]
+    others = ~start  # every smaller neighbour but the smallest moves to m
+    a = np.concatenate([v[others], u[start]])
+    b = np.concatenate([m[others], v[start]])
+    changed = np.concatenate([np.ones(int(others.sum()), np.int8),
+                              np.zeros(int(start.sum()), np.int8)])
+    return pa.table({"a": a, "b": b, "changed": changed})
+
+
+def _both_directions(batch: Any) -> pa.Table:
+    t = _as_table(batch)
+    a = _np(t.column("a"), np.int64)
+    b = _np(t.column("b"), np.int64)
+    return pa.table({"u": np.concatenate([a, b]), "v": np.concatenate([b, a])})
+
+
+def _max_min(batch: Any) -> pa.Table:
+    t = _as_table(batch)
+    a = _np(t.column("a"), np.int64)
+    b = _np(t.column("b"), np.int64)
+    return pa.table({"u": np.maximum(a, b), "v": np.minimum(a, b)})
+
+
+def _block_sum(batch: Any) -> pa.Table:
+    t = _as_table(batch)
+    return pa.table({"n": [int(pc.sum(t.column("changed")).as_py() or 0)],
+                     "rows": [t.num_rows]})
+
+
+def components_distributed(edges: Any, nparts: int, max_rounds: int = 100) -> tuple[Any, int]:
+    """Connected components on Ray: alternate large-star and small-star until stable.
+
+    Returns (dataset of star edges (a = node, b = its component's smallest node),
+    rounds). Each round is two hash repartitions by node plus numpy per block.
+    """
+    cur = edges.select_columns(["a", "b"])
+    for rnd in range(1, max_rounds + 1):
+        large = (cur.map_batches(_both_directions, batch_format="pyarrow")
+                 .repartition(nparts, keys=["u"])
+                 .map_batches(_large_star, batch_size=None, batch_format="pyarrow")
+                 .materialize())
+        small = (large.map_batches(_max_min, batch_format="pyarrow")
+                 .repartition(nparts, keys=["u"])
+                 .map_batches(_small_star, batch_size=None, batch_format="pyarrow")
+                 .materialize())
+        changes = 0
+        for ds in (large, small):
+            sums = ds.map_batches(_block_sum, batch_size=None, batch_format="pyarrow").take_all()
+            changes += sum(r["n"] for r in sums)
+        cur = small.select_columns(["a", "b"])
+        if changes == 0:
+            return cur, rnd
+    raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
+
+
+# ------------------------------------------------------------------ stage 6
+
+
+def _assign_broadcast(batch: Any, nodes: np.ndarray, roots: np.ndarray, dup_nodes: np.ndarray,
+                      dup_reps: np.ndarray, eligible_field: str | None) -> pa.Table:
+    t = _as_table(batch)
+    nodes, roots = _val(nodes), _val(roots)
+    node = _np(t.column(NODE), np.int64)
+    row = _np(t.column(ROW), np.int64)
+    root = node.copy()
+    hit, pos = _lookup(nodes, node)
+    root[hit] = roots[pos[hit]]
+    dup = root != node
+    if len(dup_nodes):
+        hit, pos = _lookup(dup_nodes, node)
+        dup |= hit & (dup_reps[pos] != row)
+    return _finish(t, root, dup, eligible_field)
+
+
+def _finish(t: pa.Table, root: np.ndarray, dup: np.ndarray, eligible_field: str | None
+            ) -> pa.Table:
+    cluster = pa.array([format(int(x) & 0xFFFFFFFFFFFFFFFF, "016x") for x in root],
+                       pa.string())
+    dupa = pa.array(dup)
+    if eligible_field is not None:
+        ok = _np(t.column(eligible_field).fill_null(False), bool)
+        cluster = pc.if_else(pa.array(ok), cluster, pa.nulls(len(ok), pa.string()))
+        dupa = pa.array(dup & ok)
+    for name in (CLUSTER, DUPLICATE):
+        if name in t.column_names:
+            t = t.drop_columns([name])
+    t = t.append_column(CLUSTER, cluster).append_column(DUPLICATE, dupa)
+    return t.drop_columns([ROW, NODE])
+
+
+def _assign_rows_distributed(batch: Any, dup_nodes: np.ndarray, dup_reps: np.ndarray,
+                             eligible_field: str | None) -> pa.Table:
+    """Co-partitioned join: data rows (tag 1) take the root of their node from the
+    assignment rows (tag 0) in the same block."""
+    t = _as_table(batch)
+    tag = _np(t.column("_m2l_tag"), np.int8)
+    a_rows = np.flatnonzero(tag == 0)
+    d_rows = np.flatnonzero(tag == 1)
+    nodes = _np(t.column(NODE), np.int64)[a_rows]
+    roots = _np(t.column("_m2l_root"), np.int64)[a_rows]
+    order = np.argsort(nodes)
+    data = t.take(pa.array(d_rows)).drop_columns(["_m2l_tag", "_m2l_root"])
+    return _assign_broadcast(data, nodes[order], roots[order], dup_nodes, dup_reps,
+                             eligible_field)
+
+
+# ------------------------------------------------------------------ driver
+
+
+def _collect(ds: Any, columns: list[str]) -> pa.Table:
+    import ray
+
+    parts = [t for t in ray.get(ds.select_columns(columns).to_arrow_refs()) if t.num_rows]
+    if not parts:
+        return pa.table({c: pa.array([], pa.int64()) for c in columns})
+    return pa.concat_tables(parts)
+
+
+def _exact_groups(sig: Any, n_rows: int, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """Nodes shared by several rows, with their representative (smallest row id)."""
+    from ray.data.aggregate import Count, Min
+
+    sig = sig.filter(expr="_el")
+    if n_rows <= _DRIVER_MAX_ROWS and cfg.driver_max_edges > 0:
+        t = _collect(sig, [NODE, ROW])
+        node = _np(t.column(NODE), np.int64)
+        row = _np(t.column(ROW), np.int64)
+        order = np.lexsort((row, node))
+        node, row = node[order], row[order]
+        start = np.ones(len(node), dtype=bool)
+        start[1:] = node[1:] != node[:-1]
+        counts = np.diff(np.concatenate([np.flatnonzero(start), [len(node)]]))
+        multi = counts > 1
+        return node[start][multi], row[start][multi], int((counts[multi] - 1).sum())
+    agg = (sig.select_columns([NODE, ROW]).groupby(NODE)
+           .aggregate(Count(alias_name="n"), Min(ROW, alias_name="rep"))
+           .filter(expr="n > 1").materialize())
+    t = _collect(agg, [NODE, "rep", "n"])
+    node = _np(t.column(NODE), np.int64)
+    order = np.argsort(node)
+    return node[order], _np(t.column("rep"), np.int64)[order], int(
+        (_np(t.column("n"), np.int64) - 1).sum())
+
+
+def text_spec(cfg: DedupConfig, *, column: str | None = None, registry: Any = None,
+              language_field: str | None = None, eligible_field: str | None = None,
+              key_field: str | None = "__cfg__") -> tuple[TextSpec, minhash.LshParams]:
+    """Resolve the text column, segmentation and LSH parameters on the driver."""
+    field_name = cfg.field
+    col = column or ("conversation" if field_name in DEDUP_FIELDS else field_name)
+    seg = cfg.segmentation
+    char_langs: set[str] = set()
+    known: set[str] = set()
+    if seg == "registry":
+        if registry is None or language_field is None:
+            seg = "auto"
+        else:
+            seg = "lang"
+            for lang in registry:
+                keys = {lang.code.lower(), *(x.lower() for x in lang.aliases)}
+                known |= keys
+                if lang.segmentation == "char":
+                    char_langs |= keys
+    params = minhash.lsh_params(
+        cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows, verified=cfg.verify != "none",
+        recall_target=cfg.recall_target, margin=cfg.false_candidate_margin,
+        max_false=cfg.max_false_candidate)
+    spec = TextSpec(
+        column=col, field=field_name, segmentation=seg, language_field=language_field,
+        char_languages=frozenset(char_langs), known_languages=frozenset(known),
+        key_field=cfg.key_field if key_field == "__cfg__" else key_field,
+        eligible_field=eligible_field, ngram=cfg.ngram, char_ngram=cfg.char_ngram,
+        num_perm=params.num_perm, bands=params.bands, rows=params.rows, seed=cfg.seed,
+        payload=cfg.verify)
+    return spec, params
+
+
+def dedup(
+    ds: Any,
+    cfg: DedupConfig,
+    *,
+    column: str | None = None,
+    registry: Any = None,
+    language_field: str | None = None,
+    eligible_field: str | None = None,
+    key_field: str | None | Mapping = "__cfg__",
+) -> DedupResult:
+    """Annotate every row of ``ds`` with its near-duplicate cluster.
+
+    ``column`` overrides the column named by ``cfg.field`` (``cfg.field`` then only
+    says which turns of a conversation to use). ``eligible_field`` names a bool
+    column: rows where it is False are not hashed (cluster null, never duplicates).
+    ``key_field`` overrides ``cfg.key_field`` (None: hash the whole row).
+    """
+    import ray
+
+    clock = _Clock()
+    spec, params = text_spec(cfg, column=column, registry=registry,
+                             language_field=language_field, eligible_field=eligible_field,
+                             key_field=key_field)
+    indexed, n_rows = with_row_index(ds, spec.key_field)
+    clock.lap("read_and_index")
+    stats: dict[str, Any] = {
+        "rows": n_rows, "threshold": cfg.threshold, "num_perm": params.num_perm,
+        "bands": params.bands, "rows_per_band": params.rows, "ngram": cfg.ngram,
+        "char_ngram": cfg.char_ngram, "verify": cfg.verify, "field": cfg.field,
+    }
+    if n_rows == 0:
+        return DedupResult(indexed, {**stats, "clusters": 0, "duplicates": 0})
+    nparts = _num_partitions(cfg, n_rows)
+    stats["partitions"] = nparts
+    sig = indexed.map_batches(_signature_batch, batch_format="pyarrow",
+                              fn_kwargs={"spec": spec}).materialize()
+    clock.lap("signatures")
+    dup_nodes, dup_reps, n_exact = _exact_groups(sig, n_rows, cfg)
+    stats["exact_duplicates"] = n_exact
+    clock.lap("identical_keys")
+
+    edges = (sig.select_columns(["_bk", NODE])
+             .map_batches(_explode_bands, batch_format="pyarrow")
+             .repartition(nparts, keys=["_bkey"])
+             .map_batches(_bucket_edges, batch_size=None, batch_format="pyarrow")
+             .materialize())
+    n_edges = edges.count()
+    stats["candidate_edges"] = n_edges
+    clock.lap("buckets")
+
+    nodes = roots = np.empty(0, np.int64)
+    assignment = None  # distributed node -> root dataset when too big to broadcast
+    if n_edges <= cfg.driver_max_edges:
+        stats["components"] = "driver"
+        t = _collect(edges, ["a", "b"])
+        a, b = _unique_pairs(_np(t.column("a"), np.int64), _np(t.column("b"), np.int64))
+        stats["candidate_edges"] = int(len(a))
+        if cfg.verify != "none" and len(a):
+            keep = _verify_on_driver(a, b, sig, params.threshold, cfg.verify)
+            a, b = a[keep], b[keep]
+        stats["verified_edges"] = int(len(a))
+        clock.lap("verify")
+        nodes, roots = components_local(a, b)
+        clock.lap("components")
+    else:
+        stats["components"] = "distributed"
+        if cfg.verify != "none":
+            edges = _verify_distributed(edges, sig, nparts, params.threshold, cfg.verify)
+        stats["verified_edges"] = edges.count()
+        clock.lap("verify")
+        stars, rounds = components_distributed(edges, nparts)
+        stats["cc_rounds"] = rounds
+        n_star = stars.count()
+        if n_star <= _BROADCAST_MAX:
+            t = _collect(stars, ["a", "b"])
+            leaf, root = _np(t.column("a"), np.int64), _np(t.column("b"), np.int64)
+            centre = np.unique(root)
+            nodes = np.concatenate([leaf, centre])
+            roots = np.concatenate([root, centre])
+            order = np.argsort(nodes)
+            nodes, roots = nodes[order], roots[order]
+        else:
+            assignment = stars
+        clock.lap("components")
+
+    if assignment is None:
+        nodes_ref, roots_ref = ray.put(nodes), ray.put(roots)
+        out = indexed.map_batches(
+            _assign_broadcast, batch_format="pyarrow",
+            fn_kwargs={"nodes": nodes_ref, "roots": roots_ref, "dup_nodes": dup_nodes,
+                       "dup_reps": dup_reps, "eligible_field": eligible_field})
+    else:
+        out = _assign_join(indexed, assignment, nparts, dup_nodes, dup_reps, eligible_field)
+    out = out.materialize()
+    dups = int(sum(r["n"] for r in out.map_batches(
+        _count_true, batch_size=None, batch_format="pyarrow").take_all()))
+    clock.lap("assign")
+    in_clusters = int(len(nodes)) if assignment is None else None
+    stats.update({
+        "duplicates": dups,
+        "clusters": int(len(np.unique(roots))) if assignment is None else None,
+        "nodes_in_clusters": in_clusters,
+        "lsh": minhash.describe(params),
+        "seconds": clock.laps,
+    })
+    return DedupResult(out, stats)
+
+
+class _Clock:
+    """Wall seconds per stage, for the stats (and the benchmark's breakdown)."""
+
+    def __init__(self) -> None:
+        self.t = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self.t, 3)
+        self.t = now
+
+
+def _count_true(batch: Any) -> pa.Table:
+    t = _as_table(batch)
+    return pa.table({"n": [int(pc.sum(t.column(DUPLICATE).cast(pa.int64())).as_py() or 0)]})
+
+
+def _verify_on_driver(a: np.ndarray, b: np.ndarray, sig: Any, threshold: float, mode: str
+                      ) -> np.ndarray:
+    """Fetch payloads of the nodes on candidate edges only, then check every edge."""
+    import ray
+
+    want = np.unique(np.concatenate([a, b]))
+    want_ref = ray.put(want)
+    sub = sig.map_batches(_select_nodes, batch_format="pyarrow",
+                          fn_kwargs={"want": want_ref}).materialize()
+    t = _collect(sub, [NODE, "_pl"])
+    node = _np(t.column(NODE), np.int64)
+    vals, offs = _list_arrays(t.column("_pl"))
+    order = np.argsort(node, kind="stable")
+    node = node[order]
+    first = np.ones(len(node), dtype=bool)
+    first[1:] = node[1:] != node[:-1]
+    vals, offs = _gather_lists(vals, offs, order[first])
+    return _verify_local(a, b, node[first], vals, offs, threshold, mode)
+
+
+def _select_nodes(batch: Any, want: np.ndarray) -> pa.Table:
+    t = _as_table(batch)
+    hit, _ = _lookup(_val(want), _np(t.column(NODE), np.int64))
+    return t.select([NODE, "_pl"]).filter(pa.array(hit))
+
+
+def _assign_join(indexed: Any, stars: Any, nparts: int, dup_nodes: np.ndarray,
+                 dup_reps: np.ndarray, eligible_field: str | None) -> Any:
+    """Node -> root for huge clusters: union data and assignment rows, repartition by node."""
+    schema = indexed.schema().base_schema
+
+    def data_rows(batch: Any) -> pa.Table:
+        t = _as_table(batch)
+        n = t.num_rows
+        return (t.append_column("_m2l_tag", pa.array(np.ones(n, np.int8)))
+                .append_column("_m2l_root", pa.array(np.zeros(n, np.int64))))
+
+    def star_rows(batch: Any) -> pa.Table:
+        t = _as_table(batch)
+        leaf = _np(t.column("a"), np.int64)
+        root = _np(t.column("b"), np.int64)
+        centre = np.unique(root)
+        node = np.concatenate([leaf, centre])
+        rt = np.concatenate([root, centre])
+        n = len(node)
+        cols = {}
+        for f in schema:
+            if f.name == NODE:
+                cols[f.name] = pa.array(node, pa.int64())
+            elif f.name == ROW:
+                cols[f.name] = pa.array(np.full(n, -1, np.int64))
+            else:
+                cols[f.name] = pa.nulls(n, f.type)
+        cols["_m2l_tag"] = pa.array(np.zeros(n, np.int8))
+        cols["_m2l_root"] = pa.array(rt)
+        return pa.table(cols)
+
+    # centres appear once per block above; duplicates of (node, root) are harmless
+    joined = (indexed.map_batches(data_rows, batch_format="pyarrow")
+              .union(stars.map_batches(star_rows, batch_format="pyarrow"))
+              .repartition(nparts, keys=[NODE])
+              .map_batches(_assign_rows_distributed, batch_size=None, batch_format="pyarrow",
+                           fn_kwargs={"dup_nodes": dup_nodes, "dup_reps": dup_reps,
+                                      "eligible_field": eligible_field}))
+    return joined
