@@ -104,6 +104,7 @@ def drive(cfg: JobConfig, engine: Any, planned: list[Any]) -> tuple[dict[str, An
         "tok_s": round(tokens / window, 1),
         "peak_requests_in_flight": timed.peak,
         "rows_ok": sum(r["status"] == "ok" for r in rows),
+        "load_avg_1m_after": round(os.getloadavg()[0], 1),  # other work on the machine
     }, rows
 
 
@@ -157,6 +158,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=32)
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--base-url", default=None, help="use this running server instead of starting one")
+    ap.add_argument("--out", default=None, help="also write the result JSON here (vLLM logs to stdout)")
     args = ap.parse_args()
     base = ["seeds.languages=all", "seeds.tasks=all", "engine.sampling.temperature=0", *args.set]
     cfg = load_config(args.config, base)
@@ -188,7 +190,7 @@ def main() -> None:
     engine.close()
 
     same = sum(a["conversation"] == b["conversation"] for a, b in zip(openai_rows, vllm_rows, strict=True))
-    print(json.dumps({
+    result = {
         "model": cfg.engine.model,
         "conversations": len(planned),
         "turns": dict(Counter(p.turns for p in planned)),
@@ -199,7 +201,11 @@ def main() -> None:
         "openai_over_in_process": round(openai_stats["tok_s"] / vllm_stats["tok_s"], 3),
         "identical_conversations": same,
         "cpus": os.cpu_count(),
-    }, indent=2))
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

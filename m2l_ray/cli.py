@@ -35,6 +35,10 @@ def _validate(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set or ())
     ctx = prepare(cfg)
+    if cfg.engine.kind == "openai":
+        from m2l_ray.engines.openai_engine import preflight
+
+        preflight(cfg)
     read = read_seeds(cfg.seeds, ctx.registry, set(ctx.task_ids), ctx.storage)
     sel = select(read.seeds, cfg.seed, cfg.seeds.per_group_cap, cfg.seeds.languages, cfg.seeds.tasks)
     warnings = list(ctx.warnings) + check_seed_languages(ctx, {s.language_code for s in sel.selected})

@@ -122,9 +122,17 @@ class JobConfig:
         return _jsonable(d)
 
     def config_hash(self) -> str:
-        """Stable hash of what determines the output (not where it is written)."""
+        """Stable hash of what determines the output, not of where or how fast it is made.
+
+        Left out: output location, storage endpoint, progress interval, actor count and
+        resources, and the openai engine's server address, key variable and rate limits,
+        so that moving a job or tuning its throughput still resumes the same dataset.
+        """
         d = self.to_dict()
         d["output"] = {k: v for k, v in d["output"].items() if k not in ("uri", "progress_seconds")}
+        d.pop("storage", None)
+        for k in ("base_url", "api_key_env", "openai", "num_actors", "resources"):
+            d["engine"].pop(k, None)
         blob = json.dumps(d, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -65,10 +65,14 @@ class ConversationGenerator:
         return pa.Table.from_pylist(list(results), schema=RAW_SCHEMA)
 
 
-def pool_settings(cfg: EngineConfig, rows: int) -> dict[str, Any]:
-    """Block size and tasks in flight so that each engine sees ~1.5x max_num_seqs requests."""
+def pool_settings(cfg: EngineConfig, rows: int, engine_capacity: int | None = None) -> dict[str, Any]:
+    """Block size and tasks in flight so that each engine sees ~1.5x its capacity in requests.
+
+    Capacity: vLLM's max_num_seqs, or the openai engine's per-actor in-flight bound.
+    """
+    capacity = engine_capacity or cfg.max_num_seqs
     block_rows = cfg.batch_size * ASYNC_BATCHES_PER_TASK
-    in_flight = max(1, math.ceil(1.5 * cfg.max_num_seqs / block_rows))
+    in_flight = max(1, math.ceil(1.5 * capacity / block_rows))
     return {
         "block_rows": block_rows,
         "num_blocks": max(1, math.ceil(rows / block_rows)),

@@ -38,6 +38,7 @@ from m2l_ray.plan import PlannedConversation, plan, select
 from m2l_ray.progress import Progress
 from m2l_ray.schema import RAW_SCHEMA
 from m2l_ray.seeds import read_seeds
+from m2l_ray.usage import usage_summary
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,10 @@ def run(cfg: JobConfig, opts: RunOptions | None = None) -> dict[str, Any]:
             f"{cfg.output.uri} holds a finished job with another config "
             f"({manifest.get('config_hash')}, this one is {config_hash}); use a new output.uri"
         )
+    if cfg.engine.kind == "openai":  # bad key / unknown model: fail before anything fans out
+        from m2l_ray.engines.openai_engine import preflight
+
+        preflight(cfg)
     run_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     _acquire(store, run_id, opts.force_lock, emit)
     try:
@@ -204,6 +209,15 @@ def ray_init(address: str | None = None) -> None:
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
 
 
+def _in_flight_per_actor(cfg: JobConfig) -> int:
+    """Requests one engine actor should have in flight: vLLM's batch, or the HTTP bound."""
+    if cfg.engine.kind == "openai":
+        from m2l_ray.engines.openai_engine import in_flight_per_actor
+
+        return in_flight_per_actor(cfg)
+    return cfg.engine.max_num_seqs
+
+
 def generate(
     ctx: JobContext,
     todo: Sequence[PlannedConversation],
@@ -222,7 +236,7 @@ def generate(
     ray_init()
     actors = plan_actors(cfg.engine, ray.cluster_resources())
     n_actors = actors.actors
-    settings = pool_settings(cfg.engine, len(todo))
+    settings = pool_settings(cfg.engine, len(todo), _in_flight_per_actor(cfg))
     emit(f"[generate] {len(todo)} conversations on {n_actors} engine actor(s) "
          f"({cfg.engine.kind}, {cfg.engine.model}, {'GPU' if actors.gpus_per_actor else 'CPU'}), "
          f"{settings['tasks_in_flight_per_actor']} blocks of {settings['block_rows']} in flight per actor")
@@ -304,22 +318,38 @@ def finalize(ctx: JobContext, store: Any, raw: pa.Table, emit: Callable[[str], N
     if dropped.num_rows:
         dropped = dropped.sort_by([("id", "ascending")])
     store.write_parquet("quarantine/curation-00000.parquet", dropped)
-    summary = _summarise(raw, kept, cur_stats)
+    summary = _summarise(raw, kept, cur_stats, _price_settings(cfg))
+    cost = summary["usage"]["total"].get("cost")
+    if cost is not None:
+        emit(f"[cost] {cost:.4f} for {summary['usage']['total']['prompt_tokens']} prompt + "
+             f"{summary['usage']['total']['completion_tokens']} completion tokens (all runs of this job)")
     emit(f"[curate] {raw.num_rows} conversations in raw/, {kept.num_rows} kept in "
          f"{n_shards} shard(s), {dropped.num_rows} dropped {summary['drop_reasons']}")
     summary["shards"] = shards
     return summary
 
 
+def _price_settings(cfg: JobConfig) -> Any:
+    if cfg.engine.kind != "openai":
+        return None
+    from m2l_ray.engines.openai_engine import OpenAISettings
+
+    return OpenAISettings.from_dict(cfg.engine.openai, cfg.source)
+
+
 def _materialize(ds: Any) -> pa.Table:
     tables = [pa.Table.from_pandas(b) if not isinstance(b, pa.Table) else b
               for b in ds.iter_batches(batch_size=None, batch_format="pyarrow")]
-    if not tables:
-        return pa.table({})
+    if not tables:  # keep the columns even when nothing is left: readers need the schema
+        schema = ds.schema()
+        base = getattr(schema, "base_schema", schema)
+        return base.empty_table() if isinstance(base, pa.Schema) else RAW_SCHEMA.empty_table()
     return pa.concat_tables(tables, promote_options="default")
 
 
-def _summarise(raw: pa.Table, kept: pa.Table, cur_stats: dict[str, Any]) -> dict[str, Any]:
+def _summarise(
+    raw: pa.Table, kept: pa.Table, cur_stats: dict[str, Any], price_settings: Any = None
+) -> dict[str, Any]:
     failures: Counter[str] = Counter()
     for row_failures in raw.column("failures").to_pylist():
         for f in row_failures or []:
@@ -331,14 +361,6 @@ def _summarise(raw: pa.Table, kept: pa.Table, cur_stats: dict[str, Any]) -> dict
     if kept.num_rows:
         for code in kept.column("language_code").to_pylist():
             per_lang[code]["kept"] += 1
-    usage_stage: dict[str, dict[str, int]] = defaultdict(lambda: {"prompt": 0, "completion": 0, "requests": 0})
-    usage_lang: dict[str, dict[str, int]] = defaultdict(lambda: {"prompt": 0, "completion": 0, "requests": 0})
-    for code, usage in zip(raw.column("language_code").to_pylist(), raw.column("usage").to_pylist(), strict=True):
-        for stage, (p_tok, c_tok, n) in json.loads(usage or "{}").items():
-            for bucket in (usage_stage[stage], usage_lang[code]):
-                bucket["prompt"] += p_tok
-                bucket["completion"] += c_tok
-                bucket["requests"] += n
     status = Counter(raw.column("status").to_pylist())
     return {
         "conversations_raw": raw.num_rows,
@@ -349,8 +371,7 @@ def _summarise(raw: pa.Table, kept: pa.Table, cur_stats: dict[str, Any]) -> dict
         "prompt_tokens": int(pc.sum(raw.column("prompt_tokens")).as_py() or 0),
         "completion_tokens": int(pc.sum(raw.column("completion_tokens")).as_py() or 0),
         "per_language": {k: dict(v) for k, v in sorted(per_lang.items())},
-        "usage_by_stage": dict(sorted(usage_stage.items())),
-        "usage_by_language": dict(sorted(usage_lang.items())),
+        "usage": usage_summary(raw, price_settings),
         "drop_reasons": cur_stats.get("drop_reasons", {}),
         "curation": cur_stats,
     }

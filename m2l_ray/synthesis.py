@@ -118,14 +118,8 @@ class Synthesizer:
             c = await self._ask(p, acc, step, messages, s.evolve_max_tokens)
             if c is None:
                 continue
-            text = clean_output(self.book, c.text)
-            if c.finish_reason == "length":
-                text = salvage_truncated(text) or ""
-                if not text:
-                    acc.fail(step, "truncated", f"instruction hit evolve_max_tokens={s.evolve_max_tokens}")
-                    continue
-            problem = instruction_problem(
-                self.book, text, lang, previous=[p.instruction], template=evol.prompt
+            text, problem = self._judge_instruction(
+                c, lang, [p.instruction], "copy_of_seed", evol.prompt, "evolve_max_tokens"
             )
             if problem:
                 acc.fail(step, *problem)
@@ -151,17 +145,9 @@ class Synthesizer:
             if c is None:
                 ok = False
                 break
-            text = clean_output(self.book, c.text)
-            if c.finish_reason == "length":
-                text = salvage_truncated(text) or ""
-                if not text:
-                    acc.fail(step, "truncated", f"user turn hit user_turn_max_tokens={s.user_turn_max_tokens}")
-                    ok = False
-                    break
             previous = [m["content"] for m in conversation if m["role"] == "user"]
-            problem = instruction_problem(
-                self.book, text, lang, previous=previous, copy_reason="repeated_turn",
-                template=multiturn.prompt,
+            text, problem = self._judge_instruction(
+                c, lang, previous, "repeated_turn", multiturn.prompt, "user_turn_max_tokens"
             )
             if problem:
                 acc.fail(step, *problem)
@@ -206,6 +192,27 @@ class Synthesizer:
             "usage": json.dumps(acc.by_stage, sort_keys=True),
             "m2l_version": __version__,
         }
+
+    def _judge_instruction(
+        self,
+        c: Completion,
+        lang: Language,
+        previous: list[str],
+        copy_reason: str,
+        template: str,
+        limit: str,
+    ) -> tuple[str, tuple[str, str] | None]:
+        """Clean a generated instruction or user turn and say what, if anything, is wrong."""
+        text = clean_output(self.book, c.text)
+        if c.finish_reason == "length":
+            text = salvage_truncated(text) or ""
+            if not text:
+                value = getattr(self.job.sampling, limit)
+                return "", ("truncated", f"cut at {limit}={value} with no whole sentence")
+        problem = instruction_problem(
+            self.book, text, lang, previous=previous, copy_reason=copy_reason, template=template
+        )
+        return text, problem
 
     async def _answer(
         self,

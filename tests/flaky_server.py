@@ -35,6 +35,7 @@ class Act:
     raw: bytes | None = None  # a body sent as is (malformed responses)
     content: str | None = None  # the reply text (default: an echo of the key)
     usage: tuple[int, int] | None = None  # (prompt, completion) tokens (default: word counts)
+    no_usage: bool = False  # leave the usage object out, as some servers do
 
 
 OK = Act()
@@ -230,13 +231,16 @@ class FlakyServer:
             words = sum(len(m["content"].split()) for m in body["messages"])
             prompt, completion = act.usage or (words, len(text.split()))
             limit = body.get("max_tokens") or body.get("max_completion_tokens") or 10**9
-            return web.json_response({
+            answer: dict[str, Any] = {
                 "id": f"chatcmpl-{n}", "object": "chat.completion", "model": body["model"],
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "finish_reason": "length" if completion >= limit else "stop"}],
                 "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                           "total_tokens": prompt + completion},
-            }, status=act.status, headers=headers)
+            }
+            if act.no_usage:
+                del answer["usage"]
+            return web.json_response(answer, status=act.status, headers=headers)
         finally:
             with self._lock:
                 self.in_flight -= 1

@@ -138,6 +138,14 @@ def test_wrong_language_fails(registry, model):
     assert langid.judge_turn(roman, plans["hi"], model, cfg.lid).reason is not None
 
 
+def test_all_capitals_are_not_mistaken_for_another_language(registry, model):
+    cfg = CurationConfig()
+    shout = "PHOTOSYNTHESIS IS THE PROCESS BY WHICH GREEN PLANTS USE SUNLIGHT TO MAKE FOOD."
+    assert model.predict(shout, 1)[0][0] != "__label__en"  # the raw model's weakness
+    verdict = langid.judge_turn(shout, _plans(registry, cfg)["en"], model, cfg.lid)
+    assert verdict.reason is None and verdict.label == "__label__en"
+
+
 def test_short_turns_are_labelled_but_not_judged(registry, model):
     cfg = CurationConfig()
     plans = _plans(registry, cfg)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +50,7 @@ ROW = "_m2l_row"
 NODE = "_m2l_node"
 CLUSTER = "dedup_cluster"
 DUPLICATE = "dedup_duplicate"
+FROM_CONFIG = "\x00from-config"  # key_field default: use DedupConfig.key_field
 _BROADCAST_MAX = 5_000_000  # node -> root entries shipped to every task
 _DRIVER_MAX_ROWS = 20_000_000  # above this, identical keys are found by a Ray groupby
 
@@ -185,6 +185,9 @@ def _list_arrays(col: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _list_column(values: np.ndarray, offsets: np.ndarray, typ: pa.DataType) -> pa.Array:
+    if len(offsets) and offsets[-1] >= 2**31 - 1:  # more values than int32 offsets can hold
+        return pa.LargeListArray.from_arrays(pa.array(offsets.astype(np.int64)),
+                                             pa.array(values, typ))
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, typ))
 
 
@@ -229,9 +232,21 @@ def _char_mode(table: pa.Table, spec: TextSpec) -> np.ndarray | str | None:
 # ------------------------------------------------------------------ stage 1-2
 
 
+#: Rows hashed together: small enough that the code-point arrays of one chunk stay
+#: in cache (2000-row chunks cost twice as much per document as 500-row ones).
+SIGNATURE_CHUNK = 512
+
+
 def _signature_batch(batch: Any, spec: TextSpec) -> pa.Table:
     """Per row: row id, node, band keys, and the verification payload."""
     t = _as_table(batch)
+    if t.num_rows <= SIGNATURE_CHUNK:
+        return _signature_chunk(t, spec)
+    return pa.concat_tables([_signature_chunk(t.slice(i, SIGNATURE_CHUNK), spec)
+                             for i in range(0, t.num_rows, SIGNATURE_CHUNK)])
+
+
+def _signature_chunk(t: pa.Table, spec: TextSpec) -> pa.Table:
     n = t.num_rows
     texts = _texts(t, spec)
     mode = _char_mode(t, spec)
@@ -479,9 +494,13 @@ def _small_star(batch: Any) -> pa.Table:
     t = _as_table(batch)
     u = _np(t.column("u"), np.int64)
     v = _np(t.column("v"), np.int64)
+    # changes made by the large-star step travel in the same column, so that one
+    # sum over this step's output tells whether the whole round changed anything
+    carried = int(pc.sum(t.column("changed")).as_py() or 0) if "changed" in t.column_names \
+        else 0
     u, v = _unique_pairs(u, v)  # v < u for every row; sorted by (u, v)
     if len(u) == 0:
-        return pa.table({"a": u, "b": v, "changed": np.zeros(0, np.int8)})
+        return pa.table({"a": u, "b": v, "changed": np.zeros(0, np.int64)})
     start = np.ones(len(u), dtype=bool)
     start[1:] = u[1:] != u[:-1]
     gid = np.cumsum(start) - 1
@@ -489,8 +508,9 @@ def _small_star(batch: Any) -> pa.Table:
     others = ~start  # every smaller neighbour but the smallest moves to m
     a = np.concatenate([v[others], u[start]])
     b = np.concatenate([m[others], v[start]])
-    changed = np.concatenate([np.ones(int(others.sum()), np.int8),
-                              np.zeros(int(start.sum()), np.int8)])
+    changed = np.concatenate([np.ones(int(others.sum()), np.int64),
+                              np.zeros(int(start.sum()), np.int64)])
+    changed[0] += carried
     return pa.table({"a": a, "b": b, "changed": changed})
 
 
@@ -505,7 +525,10 @@ def _max_min(batch: Any) -> pa.Table:
     t = _as_table(batch)
     a = _np(t.column("a"), np.int64)
     b = _np(t.column("b"), np.int64)
-    return pa.table({"u": np.maximum(a, b), "v": np.minimum(a, b)})
+    out = {"u": np.maximum(a, b), "v": np.minimum(a, b)}
+    if "changed" in t.column_names:
+        out["changed"] = _np(t.column("changed"), np.int64)
+    return pa.table(out)
 
 
 def _block_sum(batch: Any) -> pa.Table:
@@ -522,18 +545,15 @@ def components_distributed(edges: Any, nparts: int, max_rounds: int = 100) -> tu
     """
     cur = edges.select_columns(["a", "b"])
     for rnd in range(1, max_rounds + 1):
-        large = (cur.map_batches(_both_directions, batch_format="pyarrow")
+        small = (cur.map_batches(_both_directions, batch_format="pyarrow")
                  .repartition(nparts, keys=["u"])
                  .map_batches(_large_star, batch_size=None, batch_format="pyarrow")
-                 .materialize())
-        small = (large.map_batches(_max_min, batch_format="pyarrow")
+                 .map_batches(_max_min, batch_format="pyarrow")
                  .repartition(nparts, keys=["u"])
                  .map_batches(_small_star, batch_size=None, batch_format="pyarrow")
                  .materialize())
-        changes = 0
-        for ds in (large, small):
-            sums = ds.map_batches(_block_sum, batch_size=None, batch_format="pyarrow").take_all()
-            changes += sum(r["n"] for r in sums)
+        sums = small.map_batches(_block_sum, batch_size=None, batch_format="pyarrow").take_all()
+        changes = sum(r["n"] for r in sums)
         cur = small.select_columns(["a", "b"])
         if changes == 0:
             return cur, rnd
@@ -547,6 +567,7 @@ def _assign_broadcast(batch: Any, nodes: np.ndarray, roots: np.ndarray, dup_node
                       dup_reps: np.ndarray, eligible_field: str | None) -> pa.Table:
     t = _as_table(batch)
     nodes, roots = _val(nodes), _val(roots)
+    dup_nodes, dup_reps = _val(dup_nodes), _val(dup_reps)
     node = _np(t.column(NODE), np.int64)
     row = _np(t.column(ROW), np.int64)
     root = node.copy()
@@ -597,17 +618,31 @@ def _assign_rows_distributed(batch: Any, dup_nodes: np.ndarray, dup_reps: np.nda
 def _collect(ds: Any, columns: list[str]) -> pa.Table:
     import ray
 
-    parts = [t for t in ray.get(ds.select_columns(columns).to_arrow_refs()) if t.num_rows]
+    schema = ds.schema()
+    if schema is None or list(schema.names) != columns:
+        ds = ds.select_columns(columns)
+    parts = [t.select(columns) for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
     if not parts:
         return pa.table({c: pa.array([], pa.int64()) for c in columns})
     return pa.concat_tables(parts)
+
+
+def _only_eligible(batch: Any) -> pa.Table:
+    t = _as_table(batch)
+    return t.filter(t.column("_el")).select([NODE, ROW])
+
+
+def _several(batch: Any) -> pa.Table:
+    t = _as_table(batch)
+    return t.filter(pc.greater(t.column("n"), 1))
 
 
 def _exact_groups(sig: Any, n_rows: int, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray, int]:
     """Nodes shared by several rows, with their representative (smallest row id)."""
     from ray.data.aggregate import Count, Min
 
-    sig = sig.filter(expr="_el")
+    sig = sig.select_columns([NODE, ROW, "_el"]).map_batches(_only_eligible,
+                                                            batch_format="pyarrow")
     if n_rows <= _DRIVER_MAX_ROWS and cfg.driver_max_edges > 0:
         t = _collect(sig, [NODE, ROW])
         node = _np(t.column(NODE), np.int64)
@@ -621,7 +656,7 @@ def _exact_groups(sig: Any, n_rows: int, cfg: DedupConfig) -> tuple[np.ndarray, 
         return node[start][multi], row[start][multi], int((counts[multi] - 1).sum())
     agg = (sig.select_columns([NODE, ROW]).groupby(NODE)
            .aggregate(Count(alias_name="n"), Min(ROW, alias_name="rep"))
-           .filter(expr="n > 1").materialize())
+           .map_batches(_several, batch_format="pyarrow").materialize())
     t = _collect(agg, [NODE, "rep", "n"])
     node = _np(t.column(NODE), np.int64)
     order = np.argsort(node)
@@ -631,7 +666,7 @@ def _exact_groups(sig: Any, n_rows: int, cfg: DedupConfig) -> tuple[np.ndarray, 
 
 def text_spec(cfg: DedupConfig, *, column: str | None = None, registry: Any = None,
               language_field: str | None = None, eligible_field: str | None = None,
-              key_field: str | None = "__cfg__") -> tuple[TextSpec, minhash.LshParams]:
+              key_field: str | None = FROM_CONFIG) -> tuple[TextSpec, minhash.LshParams]:
     """Resolve the text column, segmentation and LSH parameters on the driver."""
     field_name = cfg.field
     col = column or ("conversation" if field_name in DEDUP_FIELDS else field_name)
@@ -655,7 +690,7 @@ def text_spec(cfg: DedupConfig, *, column: str | None = None, registry: Any = No
     spec = TextSpec(
         column=col, field=field_name, segmentation=seg, language_field=language_field,
         char_languages=frozenset(char_langs), known_languages=frozenset(known),
-        key_field=cfg.key_field if key_field == "__cfg__" else key_field,
+        key_field=cfg.key_field if key_field == FROM_CONFIG else key_field,
         eligible_field=eligible_field, ngram=cfg.ngram, char_ngram=cfg.char_ngram,
         num_perm=params.num_perm, bands=params.bands, rows=params.rows, seed=cfg.seed,
         payload=cfg.verify)
@@ -670,7 +705,7 @@ def dedup(
     registry: Any = None,
     language_field: str | None = None,
     eligible_field: str | None = None,
-    key_field: str | None | Mapping = "__cfg__",
+    key_field: str | None = FROM_CONFIG,
 ) -> DedupResult:
     """Annotate every row of ``ds`` with its near-duplicate cluster.
 
@@ -693,7 +728,8 @@ def dedup(
         "char_ngram": cfg.char_ngram, "verify": cfg.verify, "field": cfg.field,
     }
     if n_rows == 0:
-        return DedupResult(indexed, {**stats, "clusters": 0, "duplicates": 0})
+        return DedupResult(ds.map_batches(_no_rows, batch_format="pyarrow"),
+                           {**stats, "clusters": 0, "duplicates": 0})
     nparts = _num_partitions(cfg, n_rows)
     stats["partitions"] = nparts
     sig = indexed.map_batches(_signature_batch, batch_format="pyarrow",
@@ -748,11 +784,11 @@ def dedup(
         clock.lap("components")
 
     if assignment is None:
-        nodes_ref, roots_ref = ray.put(nodes), ray.put(roots)
         out = indexed.map_batches(
             _assign_broadcast, batch_format="pyarrow",
-            fn_kwargs={"nodes": nodes_ref, "roots": roots_ref, "dup_nodes": dup_nodes,
-                       "dup_reps": dup_reps, "eligible_field": eligible_field})
+            fn_kwargs={"nodes": ray.put(nodes), "roots": ray.put(roots),
+                       "dup_nodes": ray.put(dup_nodes), "dup_reps": ray.put(dup_reps),
+                       "eligible_field": eligible_field})
     else:
         out = _assign_join(indexed, assignment, nparts, dup_nodes, dup_reps, eligible_field)
     out = out.materialize()
@@ -768,6 +804,12 @@ def dedup(
         "seconds": clock.laps,
     })
     return DedupResult(out, stats)
+
+
+def _no_rows(batch: Any) -> pa.Table:
+    t = _as_table(batch)
+    return (t.append_column(CLUSTER, pa.nulls(t.num_rows, pa.string()))
+            .append_column(DUPLICATE, pa.array(np.zeros(t.num_rows, bool))))
 
 
 class _Clock:
@@ -795,9 +837,10 @@ def _verify_on_driver(a: np.ndarray, b: np.ndarray, sig: Any, threshold: float, 
 
     want = np.unique(np.concatenate([a, b]))
     want_ref = ray.put(want)
-    sub = sig.map_batches(_select_nodes, batch_format="pyarrow",
-                          fn_kwargs={"want": want_ref}).materialize()
-    t = _collect(sub, [NODE, "_pl"])
+    sub = sig.map_batches(_select_nodes, batch_format="pyarrow", fn_kwargs={"want": want_ref})
+    parts = [p for p in ray.get(sub.to_arrow_refs()) if p.num_rows]
+    t = pa.concat_tables(parts) if parts else pa.table(
+        {NODE: pa.array([], pa.int64()), "_pl": pa.array([], pa.list_(pa.uint32()))})
     node = _np(t.column(NODE), np.int64)
     vals, offs = _list_arrays(t.column("_pl"))
     order = np.argsort(node, kind="stable")

@@ -181,20 +181,23 @@ def shingle_hashes(
     elif isinstance(char_mode, str):
         char_mode = auto_char_mode(cps, spans)
     char_mode = np.asarray(char_mode, dtype=bool)
-    word = word_table()[cps].astype(bool)
-    doc_of = np.repeat(np.arange(n_docs, dtype=np.int64), spans[:, 1] - spans[:, 0] + 1)[
-        : len(cps)
-    ]
+    word = word_table().view(bool)[cps]
+    any_char = bool(char_mode.any())
+    doc_of = None
+    if any_char:  # per code point document index, only needed to split by mode
+        doc_of = np.repeat(np.arange(n_docs, dtype=np.int64),
+                           spans[:, 1] - spans[:, 0] + 1)[: len(cps)]
     parts_h, parts_d = [], []
-    if (~char_mode).any():
-        wmask = word & ~char_mode[doc_of] if char_mode.any() else word
+    if not char_mode.all():
+        wmask = word & ~char_mode[doc_of] if any_char else word
         t_start, t_end = _runs(wmask)
         if len(t_start):
             th = _token_hashes(cps, t_start, t_end - t_start)
-            h, d = _ngrams(th, doc_of[t_start], ngram, xxh64_lanes, WORD_SEED, n_docs)
+            t_doc = np.searchsorted(spans[:, 0], t_start, side="right") - 1
+            h, d = _ngrams(th, t_doc, ngram, xxh64_lanes, WORD_SEED, n_docs)
             parts_h.append(h)
             parts_d.append(d)
-    if char_mode.any():
+    if any_char:
         cmask = word & char_mode[doc_of]
         seq = cps[cmask]
         h, d = _ngrams(seq, doc_of[cmask], char_ngram, xxh64_cols32, CHAR_SEED, n_docs)
@@ -205,8 +208,10 @@ def shingle_hashes(
         d = np.concatenate(parts_d)
     else:
         h, d = np.empty(0, np.uint64), np.empty(0, np.int64)
-    order = np.argsort(d, kind="stable")
-    h32 = (h[order] >> np.uint64(32)).astype(np.uint32)
+    if len(d) > 1 and not bool((d[1:] >= d[:-1]).all()):
+        order = np.argsort(d, kind="stable")
+        h, d = h[order], d[order]
+    h32 = (h >> np.uint64(32)).astype(np.uint32)
     offsets = np.zeros(n_docs + 1, dtype=np.int64)
     np.cumsum(np.bincount(d, minlength=n_docs), out=offsets[1:])
     return h32, offsets

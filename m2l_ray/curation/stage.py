@@ -21,7 +21,6 @@ mode drops nothing but failed generations and records the would-be reasons in
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,11 +104,10 @@ class CurationResult:
 def curate(ds: Any, cfg: CurationConfig, registry: Any) -> CurationResult:
     """Curate raw conversations; see the module docstring for what happens to a row."""
     n_rows = ds.count()
-    codes = sorted(c for c in ds.unique("language_code") if c is not None) if n_rows else []
+    codes = _language_codes(ds) if n_rows else []
     warnings = cfg.validate_languages(registry, codes) if cfg.enabled else []
     ctx = _context(cfg, registry, codes)
-    blocks = max(1, math.ceil(n_rows / cfg.block_rows))
-    checked = ds.repartition(blocks).map_batches(
+    checked = ds.repartition(target_num_rows_per_block=cfg.block_rows).map_batches(
         _check_batch, batch_format="pyarrow", fn_kwargs={"ctx": ctx})
     dedup_stats: dict[str, Any] = {"enabled": False}
     if cfg.enabled and cfg.dedup.enabled and n_rows:
@@ -140,6 +138,19 @@ def curate(ds: Any, cfg: CurationConfig, registry: Any) -> CurationResult:
         "dedup": dedup_stats,
     }
     return CurationResult(kept=kept, dropped=dropped, _final=final, _base_stats=base)
+
+
+def _language_codes(ds: Any) -> list[str]:
+    """Distinct language codes, one small task per block (no shuffle)."""
+    rows = ds.select_columns(["language_code"]).map_batches(
+        _codes_block, batch_size=None, batch_format="pyarrow").take_all()
+    return sorted({r["code"] for r in rows})
+
+
+def _codes_block(batch: Any) -> pa.Table:
+    t = _as_table(batch)
+    codes = pc.unique(t.column("language_code").drop_null()) if t.num_rows else []
+    return pa.table({"code": pa.array(list(codes.to_pylist()) if len(codes) else [], pa.string())})
 
 
 def _context(cfg: CurationConfig, registry: Any, codes: list[str]) -> _Context:

