@@ -35,7 +35,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -208,7 +207,7 @@ def run_kernel(texts: list[str], params: minhash.LshParams, seed: int = 1,
         sig = minhash.signatures(h, off, a, b)
         sigs.append(sig)
         keys.append(minhash.band_keys(sig, params.bands, params.rows))
-        sets.append(shingles.unique_per_doc(h, off))
+        sets.append((h, off))
     cpu_sig = time.process_time() - c0
     sig = np.concatenate(sigs)
     bk = np.concatenate(keys)
@@ -245,61 +244,73 @@ def run_kernel(texts: list[str], params: minhash.LshParams, seed: int = 1,
 
 
 class ProcessMeter:
-    """CPU seconds and peak PSS of this process and all its descendants (Ray)."""
+    """CPU seconds and peak PSS of this process and all its descendants (Ray).
 
-    def __init__(self, interval: float = 0.25) -> None:
-        import psutil
+    A separate sampler process reads them (PSS parses /proc/*/smaps, which is slow:
+    done in the measured driver it would hold the GIL and cost CPU of its own). It
+    remembers the last CPU reading of every process, so workers that exit still
+    count; its own CPU does not.
+    """
 
-        self.psutil = psutil
-        self.me = psutil.Process()
+    def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._cpu: dict[int, float] = {}
-
-    def _procs(self):
-        try:
-            return [self.me, *self.me.children(recursive=True)]
-        except self.psutil.Error:
-            return [self.me]
-
-    def cpu(self) -> float:
-        total = 0.0
-        for p in self._procs():
-            try:
-                t = p.cpu_times()
-                self._cpu[p.pid] = t.user + t.system
-            except self.psutil.Error:
-                pass
-        # processes that exited keep their last reading
-        return sum(self._cpu.values()) + total
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            mem = 0
-            for p in self._procs():
-                try:
-                    mem += p.memory_full_info().pss
-                except self.psutil.Error:
-                    pass
-            self.peak = max(self.peak, mem)
-            self.cpu()
-            self._stop.wait(self.interval)
 
     def __enter__(self) -> ProcessMeter:
-        self.peak = 0
-        self.cpu0 = self.cpu()
+        import subprocess
+
+        self.out = tempfile.mktemp(suffix=".json")
+        self.stop = self.out + ".stop"
+        code = _SAMPLER_LOOP.format(stop=self.stop, out=self.out)
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(os.getpid()),
+                                      str(self.interval)])
+        time.sleep(2 * self.interval)  # first reading before the work starts
         self.t0 = time.perf_counter()
-        self._stop.clear()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self.thread.join()
         self.wall = time.perf_counter() - self.t0
-        self.cpu_used = self.cpu() - self.cpu0
+        time.sleep(self.interval)
+        open(self.stop, "w").close()
+        self.proc.wait(timeout=60)
+        with open(self.out) as fh:
+            res = json.load(fh)
+        os.remove(self.out)
+        os.remove(self.stop)
+        self.cpu_used = res["cpu_end"] - res["cpu_start"]
+        self.peak = res["peak"]
+
+
+_SAMPLER_LOOP = """
+import json, os, sys, time, psutil
+root, interval = int(sys.argv[1]), float(sys.argv[2])
+me = os.getpid()
+first, last, peak, initial = {{}}, {{}}, 0, True
+while True:
+    done = os.path.exists({stop!r})
+    try:
+        procs = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+    except psutil.Error:
+        break
+    mem = 0
+    for p in procs:
+        if p.pid == me:
+            continue
+        try:
+            t = p.cpu_times()
+            last[p.pid] = t.user + t.system
+            # processes born during the run count from zero
+            first.setdefault(p.pid, last[p.pid] if initial else 0.0)
+            mem += p.memory_full_info().pss
+        except psutil.Error:
+            pass
+    initial = False
+    peak = max(peak, mem)
+    if done:
+        break
+    time.sleep(interval)
+json.dump({{"cpu_start": sum(first.values()), "cpu_end": sum(last.values()), "peak": peak}},
+          open({out!r}, "w"))
+"""
 
 
 def run_ray(table: pa.Table, cfg: DedupConfig, tmp: str, cpus: int) -> tuple[Any, dict]:
@@ -316,6 +327,7 @@ def run_ray(table: pa.Table, cfg: DedupConfig, tmp: str, cpus: int) -> tuple[Any
     info = {"docs": n, "wall_s": round(meter.wall, 2), "cpu_s": round(meter.cpu_used, 2),
             "docs_per_cpu_s": round(n / meter.cpu_used),
             "docs_per_s_per_core_wall": round(n / meter.wall / cpus),
+            "cpu_util": round(meter.cpu_used / meter.wall / cpus, 2),
             "peak_pss_mb": round(meter.peak / 2**20), "stages_s": res.stats["seconds"],
             "duplicates": res.stats["duplicates"], "components": res.stats["components"],
             "candidate_edges": res.stats["candidate_edges"],
@@ -323,12 +335,28 @@ def run_ray(table: pa.Table, cfg: DedupConfig, tmp: str, cpus: int) -> tuple[Any
     return res, info
 
 
-def _ray_init(cpus: int) -> None:
+def _ray_init(cpus: int, warm_pools: bool = False) -> None:
+    """A local Ray of ``cpus`` CPUs, warmed up by one small dedup run.
+
+    The warm-up starts the worker processes (each imports Ray, Arrow and numpy once,
+    about a CPU-second apiece): a fixed cost of every Ray job, not a cost per document.
+    """
     import ray
 
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-             ignore_reinit_error=True)
+    from m2l_ray.curation.dedup import dedup
+
+    # Ray 2.60 runs shuffle map and reduce tasks in worker pools of their own and
+    # stops idle workers after 1 s, so by default every shuffle starts fresh worker
+    # processes (about 1-2 CPU-s each); --warm-pools keeps idle workers for 10 min,
+    # as on a long-running cluster
+    extra = {"_system_config": {"idle_worker_killing_time_threshold_ms": 600_000}} \
+        if warm_pools else {}
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+             ignore_reinit_error=True, **extra)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    warm = ray.data.from_arrow(make_corpus(2000, seed=99))
+    dedup(warm, DedupConfig(field="text", ngram=NGRAM, segmentation="space"),
+          column="text", key_field="id")
 
 
 # ------------------------------------------------------------------ modes
@@ -360,7 +388,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
                          **{f"pairs_verify_{m}": metrics(p, truth) for m, p in k_pairs.items()}}
     print("m2l kernel", json.dumps(out["m2l_kernel"]), flush=True)
     if not args.skip_ray:
-        _ray_init(args.cpus)
+        _ray_init(args.cpus, args.warm_pools)
         cfg = DedupConfig(field="text", num_perm=params.num_perm, ngram=NGRAM,
                           threshold=THRESHOLD, segmentation="space", verify="exact")
         with tempfile.TemporaryDirectory() as tmp:
@@ -376,7 +404,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def scale(args: argparse.Namespace) -> dict[str, Any]:
-    _ray_init(args.cpus)
+    _ray_init(args.cpus, args.warm_pools)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in [int(x) for x in args.sizes.split(",")]:
@@ -403,9 +431,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-datasketch", action="store_true")
     p.add_argument("--skip-ray", action="store_true")
+    p.add_argument("--warm-pools", action="store_true",
+                   help="keep idle Ray workers alive (see _ray_init)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()
     result = quality(args) if args.mode == "quality" else scale(args)
+    result["warm_pools"] = args.warm_pools
     result["machine"] = {"cpus_visible": os.cpu_count(),
                          "loadavg_at_end": [round(x, 1) for x in os.getloadavg()]}
     if args.json:

@@ -11,11 +11,14 @@ working dir whether or not the package is installed on the head node; vLLM start
 its engine in a spawned process, which re-imports the entry module, so the work
 sits under an ``if __name__ == "__main__":`` guard; and ``ray job stop`` sends
 SIGTERM and, 3 s later, SIGKILL, so SIGTERM is turned into the same clean stop as
-Ctrl-C: the run releases its output lock and a resubmission resumes.
+Ctrl-C: the run releases its output lock, says so, and a resubmission resumes.
+``ray.init`` installs its own SIGTERM handler, so in a submitted job (RAY_ADDRESS
+set) the driver connects first and installs ours after it.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -29,9 +32,10 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _warn_if_output_is_relative(argv: Sequence[str]) -> None:
-    """A relative local output.uri lands in Ray's copy of the working dir on the head node,
-    which Ray deletes later: say where it goes, before hours of generation."""
+def _check_config(argv: Sequence[str]) -> bool:
+    """Whether the config loads; warns about a relative local output.uri, which in a
+    submitted job lands in Ray's copy of the working dir on the head node (deleted
+    later): better said before hours of generation than after."""
     import argparse
 
     from m2l_ray.config import load_config
@@ -42,16 +46,17 @@ def _warn_if_output_is_relative(argv: Sequence[str]) -> None:
     p.add_argument("--set", action="append")
     args, _ = p.parse_known_args(list(argv))
     if not args.config:
-        return
+        return False
     try:
         uri = load_config(args.config, args.set or ()).output.uri
     except M2LError:
-        return  # `m2l run` reports it properly
+        return False  # `m2l run` reports it properly
     if "://" not in uri and not Path(uri).expanduser().is_absolute():
         print(f"[m2l] warning: output.uri '{uri}' is relative; this run writes to "
               f"{Path(uri).absolute()}. In a submitted job that is Ray's temporary copy of "
               "the working dir: set output.uri to an absolute path or s3://",
               file=sys.stderr, flush=True)
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,8 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from m2l_ray.cli import main as m2l_main
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _check_config(argv) and os.environ.get("RAY_ADDRESS"):
+        from m2l_ray.pipeline import ray_init
+
+        ray_init()  # the run reuses this connection
     signal.signal(signal.SIGTERM, _stop)
-    _warn_if_output_is_relative(argv)
     return m2l_main(["run", *argv])
 
 

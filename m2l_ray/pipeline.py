@@ -97,7 +97,7 @@ def run(cfg: JobConfig, opts: RunOptions | None = None) -> dict[str, Any]:
     run_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     _acquire(store, run_id, opts.force_lock, emit)
     try:
-        summary = _run_locked(ctx, store, emit, t0)
+        summary = _run_locked(ctx, store, emit, t0, opts.ray_address)
     finally:
         store.release_lock(LOCK_KEY, run_id)
     return summary
@@ -136,7 +136,9 @@ def _pid_alive(pid: Any) -> bool:
     return True
 
 
-def _run_locked(ctx: JobContext, store: Any, emit: Callable[[str], None], t0: float) -> dict[str, Any]:
+def _run_locked(
+    ctx: JobContext, store: Any, emit: Callable[[str], None], t0: float, ray_address: str | None
+) -> dict[str, Any]:
     cfg = ctx.cfg
     # seeds -> quarantine
     read = read_seeds(cfg.seeds, ctx.registry, set(ctx.task_ids), ctx.storage)
@@ -171,6 +173,7 @@ def _run_locked(ctx: JobContext, store: Any, emit: Callable[[str], None], t0: fl
          f"{len(todo)} conversations to generate")
 
     gen_stats: dict[str, Any] = {"generated": 0, "tokens_per_second": 0.0, "seconds": 0.0}
+    ray_init(ray_address)
     if todo:
         gen_stats = generate(ctx, todo, units, store, emit)
 
@@ -205,7 +208,9 @@ def ray_init(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    # No address: a fresh local instance, never a stray `ray start` cluster on the same
+    # machine. Submitted jobs get RAY_ADDRESS; `m2l run --address auto` joins a running one.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
 
 

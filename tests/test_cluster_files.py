@@ -286,7 +286,7 @@ def test_every_documented_job_command_names_files_that_exist():
                                         *KUBERAY, *RAY_UP]}
     seen = 0
     for path, text in texts.items():
-        for m in re.finditer(r"python (jobs/run\.py) --config (\S+)", text):
+        for m in re.finditer(r"python (jobs/run\.py) --config (\S+\.ya?ml)", text):
             seen += 1
             assert (REPO / m.group(1)).is_file(), path
             assert (REPO / m.group(2)).is_file(), (path, m.group(2))

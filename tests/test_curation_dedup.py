@@ -30,7 +30,7 @@ NGRAM = 3
 def curation_ray():
     import ray
 
-    ray.init(num_cpus=2, ignore_reinit_error=True, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
@@ -80,12 +80,13 @@ def build_corpus(seed: int = 7) -> list[dict]:
     half = _sentences(rng, vocab, 4)
     for i in range(4):
         add(f"h{i}", " ".join(half + _sentences(rng, vocab, 4)))
-    zh = ("光合作用是绿色植物利用阳光、水和二氧化碳制造葡萄糖和氧气的过程。它主要发生在叶子的叶绿体中，"
+    zh = ("光合作用是绿色植物利用阳光、水和二氧化碳制造葡萄糖和氧气的过程。"
+          "它主要发生在叶子的叶绿体中，"
           "是地球上几乎所有食物链的基础，也为动物提供了呼吸所需的氧气。")
     add("zh", zh, "zh")
     add("zh-punct", zh.replace("，", " , ").replace("。", "！"), "zh")
-    add("zh-other", "天空呈现蓝色是因为太阳光进入大气层后，波长较短的蓝光比其他颜色的光更容易被空气分子散射。",
-        "zh")
+    add("zh-other", "天空呈现蓝色是因为太阳光进入大气层后，"
+                    "波长较短的蓝光比其他颜色的光更容易被空气分子散射。", "zh")
     return rows
 
 

@@ -23,7 +23,7 @@ from m2l_ray.curation import dedup
 def curation_ray():
     import ray
 
-    ray.init(num_cpus=2, ignore_reinit_error=True, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
@@ -47,9 +47,9 @@ def test_distributed_components_on_a_long_chain(curation_ray):
     import ray
 
     rng = np.random.default_rng(4)
-    nodes = rng.choice(10**12, 64, replace=False).astype(np.int64)
-    a = np.concatenate([nodes[:39], nodes[40:63]])  # two paths: 0..39 and 40..63
-    b = np.concatenate([nodes[1:40], nodes[41:64]])
+    nodes = rng.choice(10**12, 30, replace=False).astype(np.int64)
+    a = np.concatenate([nodes[:19], nodes[20:29]])  # two paths: 0..19 and 20..29
+    b = np.concatenate([nodes[1:20], nodes[21:30]])
     ds = ray.data.from_arrow(pa.table({"a": a, "b": b})).repartition(3)
     stars, rounds = dedup.components_distributed(ds, 2)
     t = pa.concat_tables(ray.get(stars.to_arrow_refs()))

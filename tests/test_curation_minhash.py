@@ -81,9 +81,11 @@ def test_case_whitespace_and_punctuation_do_not_change_shingles():
 
 
 def test_auto_segmentation_picks_characters_for_cjk_and_thai():
-    texts = ["plain english words", "这是中文文本", "ภาษาไทย", "日本語のテキスト", "한국어 문장입니다"]
+    texts = ["plain english words", "这是中文文本", "ภาษาไทย", "日本語のテキスト",
+             "한국어 문장입니다"]
     cps, spans = shingles.normalise_batch(texts)
-    assert shingles.auto_char_mode(cps, spans).tolist() == [False, True, True, True, False]
+    got = shingles.auto_char_mode(cps, spans).tolist()
+    assert got == [False, True, True, True, False]
 
 
 def _jaccard(a: set, b: set) -> float:
@@ -154,6 +156,9 @@ def test_pair_jaccard_matches_sets():
     va, oa = flat([p[0] for p in pairs])
     vb, ob = flat([p[1] for p in pairs])
     got = minhash.pair_jaccard(va, oa, vb, ob)
+    # repeated values (raw shingles of a text) count once
+    twice = minhash.pair_jaccard(np.repeat(va, 2), oa * 2, vb, ob)
+    assert np.array_equal(got, twice)
     for (i, j), g in zip(pairs, got, strict=True):
         a, b = set(sets[i]), set(sets[j])
         assert g == pytest.approx(len(a & b) / len(a | b) if a | b else 0.0)

@@ -28,7 +28,7 @@ EN_A2 = ("Put a leafy water plant in a glass of water in bright sunlight and wat
 def curation_ray():
     import ray
 
-    ray.init(num_cpus=2, ignore_reinit_error=True, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
@@ -75,7 +75,8 @@ def corpus() -> list[dict]:
                           "reproduce on its own, while a virus needs a host cell to multiply.")]),
         raw_row("zh-good", "zh", [
             ("user", "请解释一下为什么天空是蓝色的。"),
-            ("assistant", "天空呈现蓝色是因为太阳光进入大气层后，波长较短的蓝光比其他颜色的光更容易被"
+            ("assistant", "天空呈现蓝色是因为太阳光进入大气层后，"
+                          "波长较短的蓝光比其他颜色的光更容易被"
                           "空气分子散射，这种现象叫做瑞利散射，所以我们看到的天空是蓝色的。")]),
         raw_row("ha-good", "ha", [
             ("user", "Don Allah ka gaya mini yadda ake dafa shinkafa da miya mai dadi."),

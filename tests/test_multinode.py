@@ -54,27 +54,29 @@ JOB_TIMEOUT = 1200.0
 # ------------------------------------------------------------------ the cluster
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+def _free_ports(n: int, taken: set[int]) -> list[int]:
+    """n ports free right now and not in ``taken`` (which they are added to)."""
+    out: list[int] = []
+    while len(out) < n:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            taken.add(port)
+            out.append(port)
+    return out
 
 
-def _free_range(width: int = 100) -> tuple[int, int]:
+def _free_range(taken: set[int], width: int = 100) -> tuple[int, int]:
     """A run of free ports for one node's workers, away from Ray's default 10002-19999."""
-    for _ in range(100):
-        lo = max(20000, _free_ports(1)[0] // width * width)
-        if lo + width > 60000:
+    for _ in range(200):
+        lo = max(20000, _free_ports(1, set(taken))[0] // width * width)
+        ports = range(lo, lo + width)
+        if lo + width > 60000 or taken.intersection(ports):
             continue
+        held = []
         try:
-            held = []
-            for p in range(lo, lo + width):
+            for p in ports:
                 s = socket.socket()
                 held.append(s)
                 s.bind(("127.0.0.1", p))
@@ -83,6 +85,7 @@ def _free_range(width: int = 100) -> tuple[int, int]:
         finally:
             for s in held:
                 s.close()
+        taken.update(ports)
         return lo, lo + width - 1
     raise RuntimeError("no free port range for Ray workers")
 
@@ -100,7 +103,8 @@ class LocalCluster:
         }
         self.env.pop("RAY_ADDRESS", None)
         self.nodes, self.cpus, self.resources = nodes, cpus, resources
-        self.gcs_port, self.dashboard_port, self.client_port = _free_ports(3)
+        self.taken: set[int] = set()  # no two components of the cluster get the same port
+        self.gcs_port, self.dashboard_port, self.client_port = _free_ports(3, self.taken)
 
     @property
     def address(self) -> str:
@@ -111,8 +115,8 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def _node_args(self) -> list[str]:
-        p = _free_ports(6)
-        lo, hi = _free_range()
+        lo, hi = _free_range(self.taken)
+        p = _free_ports(6, self.taken)
         return [
             "--node-ip-address", "127.0.0.1", "--num-cpus", str(self.cpus), "--num-gpus", "0",
             "--resources", json.dumps(self.resources), "--object-store-memory", str(300 * 2**20),
@@ -133,7 +137,10 @@ class LocalCluster:
         # its own core, as separate machines would have
         self._ray(head, {"VLLM_CPU_OMP_THREADS_BIND": "0"})
         for i in range(1, self.nodes):
-            self._ray([RAY, "start", "--address", self.address, *self._node_args()],
+            # its own temp dir, as on another machine: nodes sharing one would share (and
+            # garbage-collect) each other's unpacked working dirs
+            self._ray([RAY, "start", "--address", self.address, "--temp-dir",
+                       str(self.root / f"ray{i}"), *self._node_args()],
                       {"VLLM_CPU_OMP_THREADS_BIND": str(i % ncpu)})
 
     def _ray(self, cmd: list[str], extra: dict[str, str]) -> None:
@@ -329,6 +336,20 @@ def test_ray_job_submit_as_documented_runs_on_two_nodes(cluster):
     assert any("MapBatches(ConversationGenerator)" in o for o in operators), operators
 
 
+def test_job_that_cannot_fit_fails_before_any_engine_starts(cluster):
+    """Three engines, one per node, on two nodes: preflight refuses with one clear line."""
+    out = cluster.root / "out-too-big"
+    sid = submit(cluster, small_sets(out, ["en"], ["open_ended"], actors=3))
+    status = wait_job(cluster, sid, timeout=300)
+    logs = _client(cluster).get_job_logs(sid)
+    assert status.value == "FAILED", logs[-3000:]
+    assert ("m2l: error: this job needs 3 of resource 'm2l_engine' (3 engine actor(s) x 1, "
+            "engine.resources); the cluster has 2") in logs, logs[-3000:]
+    assert "Traceback" not in logs
+    assert engine_actors(cluster, job_hex(cluster, sid)) == []
+    assert not raw_units(out)
+
+
 def test_killed_engine_actor_is_restarted_and_nothing_is_lost(cluster):
     """SIGKILL the engine actor's process while it holds a block: Ray restarts the actor and
     retries the block; every planned conversation lands exactly once."""
@@ -383,6 +404,9 @@ def test_stopped_driver_resubmission_resumes(cluster):
     first_logs = _client(cluster).get_job_logs(sid)
     assert status.value == "STOPPED", first_logs[-4000:]
     assert not (out / "manifest.json").exists()
+    # SIGTERM became a clean stop: the run released its output lock and said how to resume
+    assert "m2l: interrupted; rerun the same command to resume" in first_logs, first_logs[-3000:]
+    assert not (out / "_lock.json").exists()
     done = len(raw_units(out))
     assert 1 <= done < 9, done
     t1 = time.monotonic()
@@ -393,6 +417,7 @@ def test_stopped_driver_resubmission_resumes(cluster):
           f"resubmission {time.monotonic() - t1:.0f}s")
     assert status.value == "SUCCEEDED", logs[-6000:]
     assert f"{done} units already in raw/, {9 - done} conversations to generate" in logs
+    assert "taking over the lock" not in logs
     stats = check_output(out, 9)
     assert stats["work_units_resumed"] == done > 0
     assert stats["generation"]["generated"] == 9 - done

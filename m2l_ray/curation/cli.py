@@ -88,7 +88,8 @@ def _ray(num_cpus: int | None) -> None:
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
         if num_cpus and not os.environ.get("RAY_ADDRESS"):
-            kwargs["num_cpus"] = num_cpus
+            # a local instance of that size, even if a `ray start` cluster is running
+            kwargs.update(address="local", num_cpus=num_cpus)
         ray.init(**kwargs)
 
 

@@ -108,6 +108,7 @@ class DedupConfig:
     verify: str = "exact"
     key_field: str | None = "id"  # decides which member of a cluster is kept
     seed: int = 1
+    block_rows: int = 5000  # input rows per signature task (spreads one big file over CPUs)
     driver_max_edges: int = 5_000_000  # above this, connected components run on Ray
     num_partitions: int | None = None  # shuffle partitions; None: from the data size
     recall_target: float = 0.99
@@ -411,6 +412,7 @@ def _check(cfg: CurationConfig, source: str | None) -> None:
     _need(1 <= dd.ngram <= 32, f"{p}.ngram", "must be between 1 and 32", source)
     _need(1 <= dd.char_ngram <= 64, f"{p}.char_ngram", "must be between 1 and 64", source)
     _need(dd.driver_max_edges >= 0, f"{p}.driver_max_edges", "must be >= 0", source)
+    _need(dd.block_rows >= 1, f"{p}.block_rows", "must be >= 1", source)
     _need(dd.num_partitions is None or dd.num_partitions >= 1, f"{p}.num_partitions",
           "must be >= 1", source)
     _need(0.5 <= dd.recall_target < 1.0, f"{p}.recall_target", "must be in [0.5, 1)", source)

@@ -2,30 +2,30 @@
 
 Stages (each a Ray Data operation, so each scales out with the cluster):
 
-1. **Row ids.** The input is materialised once and every row gets ``_m2l_row``
-   (block offsets, no shuffle) and ``_m2l_node``: XXH64 of its key (the
-   ``key_field`` value, else the whole row). The node decides which member of a
-   cluster survives (the smallest), so the choice depends on content, not on how
-   blocks were cut: two runs keep the same rows.
-2. **Signatures** (``map_batches``): shingles, MinHash and band keys of a whole
-   batch at once (shingles.py, minhash.py).
-3. **Buckets**: one row per (band key, node), hash-partitioned by band key with
+1. **Signatures** (one ``map_batches`` pass, materialised): every row keeps its
+   columns and gains ``_m2l_node``, XXH64 of its key (the ``key_field`` value, else
+   the whole row), a row id, its band keys and the verification payload. The node
+   decides which member of a cluster survives (the smallest), so the choice depends
+   on content, not on how blocks were cut: two runs keep the same rows.
+   Shingles, MinHash and band keys are computed for a whole batch at once
+   (shingles.py, minhash.py).
+2. **Buckets**: one row per (band key, node), hash-partitioned by band key with
    ``repartition(keys=...)``; every block then holds whole buckets (the guarantee
    ``GroupedData.map_groups`` relies on), and each bucket becomes star edges from
    its smallest node to the others, found with numpy over the whole block.
-4. **Verification** (optional): candidate edges whose exact Jaccard of shingle sets
+3. **Verification** (optional): candidate edges whose exact Jaccard of shingle sets
    (or signature estimate) is below the threshold are dropped before they can join
    clusters.
-5. **Connected components**: on the driver with scipy when the edge list is small
+4. **Connected components**: on the driver with scipy when the edge list is small
    (``driver_max_edges``), else distributed by alternating large-star/small-star
    rounds (Kiveris et al., 2014), each a hash repartition by node plus numpy.
    Components become stars around their smallest node: the kept member.
-6. **Assignment**: every row gets ``dedup_cluster`` (hex of the kept member's node)
+5. **Assignment**: every row gets ``dedup_cluster`` (hex of the kept member's node)
    and ``dedup_duplicate``. The node -> root map is broadcast when it is small (it
    holds only rows that have a duplicate), else joined by a hash repartition.
 
 Rows with the same node (identical key: identical rows, or a repeated id) are one
-vertex; the first of them by row id is its representative and the others are
+vertex; the one with the smallest row id represents them and the others are
 duplicates of it.
 """
 
@@ -45,9 +45,12 @@ import xxhash
 from m2l_ray.curation import minhash, shingles
 from m2l_ray.curation.config import DEDUP_FIELDS, DedupConfig
 from m2l_ray.curation.textnorm import field_text
+from m2l_ray.curation.xxh import xxh64_lanes
 
 ROW = "_m2l_row"
 NODE = "_m2l_node"
+#: Columns the signature pass adds to every row; the final assignment removes them.
+HELPERS = (ROW, NODE, "_bk", "_pl", "_nsh", "_el")
 CLUSTER = "dedup_cluster"
 DUPLICATE = "dedup_duplicate"
 FROM_CONFIG = "\x00from-config"  # key_field default: use DedupConfig.key_field
@@ -94,61 +97,6 @@ def _num_partitions(cfg: DedupConfig, n_rows: int) -> int:
 
     cpus = int(ray.cluster_resources().get("CPU", 2))
     return max(2, min(4 * cpus, math.ceil(n_rows / 20_000) + 1))
-
-
-def with_row_index(ds: Any, key_field: str | None | bool = False) -> tuple[Any, int]:
-    """Materialise ``ds`` and add ``_m2l_row`` = position in that materialisation.
-
-    Uses block offsets (to_arrow_refs and one small task per block): no shuffle and
-    no driver-side copy of the data. Unless ``key_field`` is False, the same task
-    adds ``_m2l_node`` (see ``row_keys``).
-    """
-    import ray
-
-    mds = ds.materialize()
-    refs = mds.to_arrow_refs()
-    counts = ray.get([_num_rows.remote(r) for r in refs])
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    new = [_add_index.remote(r, int(o), key_field)
-           for r, o, c in zip(refs, offsets[:-1], counts, strict=True) if c]
-    if not new:
-        return mds, 0
-    return ray.data.from_arrow_refs(new), int(offsets[-1])
-
-
-def _remote(fn):  # late import of ray so that this module imports without it
-    import ray
-
-    return ray.remote(num_cpus=0.25)(fn)
-
-
-class _Lazy:
-    """A Ray remote function created on first use (importing ray is slow)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.remote_fn = None
-
-    def remote(self, *args):
-        if self.remote_fn is None:
-            self.remote_fn = _remote(self.fn)
-        return self.remote_fn.remote(*args)
-
-
-def _num_rows_impl(t: pa.Table) -> int:
-    return t.num_rows
-
-
-def _add_index_impl(t: pa.Table, offset: int, key_field: str | None | bool) -> pa.Table:
-    t = t.drop_columns([c for c in (ROW, NODE) if c in t.column_names])
-    t = t.append_column(ROW, pa.array(np.arange(offset, offset + t.num_rows, dtype=np.int64)))
-    if key_field is not False:
-        t = t.append_column(NODE, pa.array(row_keys(t, key_field)))
-    return t
-
-
-_num_rows = _Lazy(_num_rows_impl)
-_add_index = _Lazy(_add_index_impl)
 
 
 def _val(x: Any) -> Any:
@@ -246,8 +194,24 @@ def _signature_batch(batch: Any, spec: TextSpec) -> pa.Table:
                              for i in range(0, t.num_rows, SIGNATURE_CHUNK)])
 
 
+def _row_ids(node: np.ndarray) -> np.ndarray:
+    """Ids that tell apart rows with the same node (identical keys) within one run.
+
+    XXH64 of (the batch's node sequence, position): the same for the same block if
+    Ray ever recomputes it, so the representative of identical rows stays one row.
+    """
+    if len(node) == 0:
+        return np.empty(0, np.int64)
+    fp = xxhash.xxh64_intdigest(np.ascontiguousarray(node).tobytes())
+    n = len(node)
+    return xxh64_lanes([node.view(np.uint64), np.arange(n, dtype=np.uint64),
+                        np.full(n, fp, dtype=np.uint64)]).view(np.int64)
+
+
 def _signature_chunk(t: pa.Table, spec: TextSpec) -> pa.Table:
     n = t.num_rows
+    t = t.drop_columns([c for c in HELPERS if c in t.column_names])
+    node = row_keys(t, spec.key_field)
     texts = _texts(t, spec)
     mode = _char_mode(t, spec)
     ok = np.ones(n, dtype=bool)
@@ -262,21 +226,21 @@ def _signature_chunk(t: pa.Table, spec: TextSpec) -> pa.Table:
     bk_len = np.where(has, spec.bands, 0)
     bk_off = np.concatenate([[0], np.cumsum(bk_len)])
     cols = {
-        ROW: t.column(ROW),
-        NODE: t.column(NODE),
+        ROW: pa.array(_row_ids(node)),
+        NODE: pa.array(node),
         "_bk": _list_column(bk[has].ravel(), bk_off, pa.int64()),
     }
-    if spec.payload == "exact":
-        uh, uoff = shingles.unique_per_doc(h, off)
-        cols["_pl"] = _list_column(uh, uoff, pa.uint32())
+    if spec.payload == "exact":  # made sets only where a candidate pair needs them
+        cols["_pl"] = _list_column(h, off, pa.uint32())
     elif spec.payload == "signature":
         pl_len = np.where(has, spec.num_perm, 0)
         cols["_pl"] = _list_column(sig[has].ravel(), np.concatenate([[0], np.cumsum(pl_len)]),
                                    pa.uint32())
     cols["_nsh"] = pa.array(np.diff(off).astype(np.int32))
     cols["_el"] = pa.array(ok)
-    assert len(cols[ROW]) == n
-    return pa.table(cols)
+    for name, col in cols.items():
+        t = t.append_column(name, col)
+    return t
 
 
 def _explode_bands(batch: Any) -> pa.Table:
@@ -593,7 +557,7 @@ def _finish(t: pa.Table, root: np.ndarray, dup: np.ndarray, eligible_field: str 
         if name in t.column_names:
             t = t.drop_columns([name])
     t = t.append_column(CLUSTER, cluster).append_column(DUPLICATE, dupa)
-    return t.drop_columns([ROW, NODE])
+    return t.drop_columns([c for c in HELPERS if c in t.column_names])
 
 
 def _assign_rows_distributed(batch: Any, dup_nodes: np.ndarray, dup_reps: np.ndarray,
@@ -706,6 +670,7 @@ def dedup(
     language_field: str | None = None,
     eligible_field: str | None = None,
     key_field: str | None = FROM_CONFIG,
+    split_blocks: bool = True,
 ) -> DedupResult:
     """Annotate every row of ``ds`` with its near-duplicate cluster.
 
@@ -713,6 +678,8 @@ def dedup(
     says which turns of a conversation to use). ``eligible_field`` names a bool
     column: rows where it is False are not hashed (cluster null, never duplicates).
     ``key_field`` overrides ``cfg.key_field`` (None: hash the whole row).
+    ``split_blocks`` cuts the input into blocks of ``cfg.block_rows`` rows first, so
+    that one large file is hashed by every CPU rather than by one task.
     """
     import ray
 
@@ -720,8 +687,13 @@ def dedup(
     spec, params = text_spec(cfg, column=column, registry=registry,
                              language_field=language_field, eligible_field=eligible_field,
                              key_field=key_field)
-    indexed, n_rows = with_row_index(ds, spec.key_field)
-    clock.lap("read_and_index")
+    # one pass: every row keeps its data and gains node, row id, band keys, payload
+    if split_blocks:
+        ds = ds.repartition(target_num_rows_per_block=cfg.block_rows)
+    sig = ds.map_batches(_signature_batch, batch_format="pyarrow",
+                         fn_kwargs={"spec": spec}).materialize()
+    n_rows = sig.count()
+    clock.lap("read_and_signatures")
     stats: dict[str, Any] = {
         "rows": n_rows, "threshold": cfg.threshold, "num_perm": params.num_perm,
         "bands": params.bands, "rows_per_band": params.rows, "ngram": cfg.ngram,
@@ -732,9 +704,6 @@ def dedup(
                            {**stats, "clusters": 0, "duplicates": 0})
     nparts = _num_partitions(cfg, n_rows)
     stats["partitions"] = nparts
-    sig = indexed.map_batches(_signature_batch, batch_format="pyarrow",
-                              fn_kwargs={"spec": spec}).materialize()
-    clock.lap("signatures")
     dup_nodes, dup_reps, n_exact = _exact_groups(sig, n_rows, cfg)
     stats["exact_duplicates"] = n_exact
     clock.lap("identical_keys")
@@ -784,13 +753,13 @@ def dedup(
         clock.lap("components")
 
     if assignment is None:
-        out = indexed.map_batches(
+        out = sig.map_batches(
             _assign_broadcast, batch_format="pyarrow",
             fn_kwargs={"nodes": ray.put(nodes), "roots": ray.put(roots),
                        "dup_nodes": ray.put(dup_nodes), "dup_reps": ray.put(dup_reps),
                        "eligible_field": eligible_field})
     else:
-        out = _assign_join(indexed, assignment, nparts, dup_nodes, dup_reps, eligible_field)
+        out = _assign_join(sig, assignment, nparts, dup_nodes, dup_reps, eligible_field)
     out = out.materialize()
     dups = int(sum(r["n"] for r in out.map_batches(
         _count_true, batch_size=None, batch_format="pyarrow").take_all()))
@@ -860,10 +829,12 @@ def _select_nodes(batch: Any, want: np.ndarray) -> pa.Table:
 def _assign_join(indexed: Any, stars: Any, nparts: int, dup_nodes: np.ndarray,
                  dup_reps: np.ndarray, eligible_field: str | None) -> Any:
     """Node -> root for huge clusters: union data and assignment rows, repartition by node."""
-    schema = indexed.schema().base_schema
+    drop = [c for c in HELPERS if c not in (ROW, NODE)]
+    schema = pa.schema([f for f in indexed.schema().base_schema if f.name not in drop])
 
     def data_rows(batch: Any) -> pa.Table:
         t = _as_table(batch)
+        t = t.drop_columns([c for c in drop if c in t.column_names])
         n = t.num_rows
         return (t.append_column("_m2l_tag", pa.array(np.ones(n, np.int8)))
                 .append_column("_m2l_root", pa.array(np.zeros(n, np.int64))))

@@ -170,27 +170,33 @@ def jaccard_sorted(a: np.ndarray, b: np.ndarray) -> float:
 def pair_jaccard(
     a_vals: np.ndarray, a_off: np.ndarray, b_vals: np.ndarray, b_off: np.ndarray
 ) -> np.ndarray:
-    """Exact Jaccard of many pairs of distinct-shingle sets at once.
+    """Exact Jaccard of many pairs of shingle sets at once.
 
-    Pair k is ``a_vals[a_off[k]:a_off[k+1]]`` vs ``b_vals[b_off[k]:b_off[k+1]]``.
-    Intersections are counted by sorting (pair, value) keys of both sides together:
-    a value present on both sides of one pair appears twice in a row.
+    Pair k is ``a_vals[a_off[k]:a_off[k+1]]`` vs ``b_vals[b_off[k]:b_off[k+1]]``
+    (repeated values allowed: each side is made a set first). Intersections are
+    counted by sorting (pair, value) keys of both sides together: a value present on
+    both sides of one pair appears twice in a row.
     """
     n = len(a_off) - 1
     if n == 0:
         return np.empty(0, dtype=np.float64)
-    na, nb = np.diff(a_off), np.diff(b_off)
-    pa = np.repeat(np.arange(n, dtype=np.uint64), na)
-    pb = np.repeat(np.arange(n, dtype=np.uint64), nb)
-    keys = np.concatenate([(pa << np.uint64(32)) | a_vals.astype(np.uint64),
-                           (pb << np.uint64(32)) | b_vals.astype(np.uint64)])
-    keys.sort()
+
+    def side(vals: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pair = np.repeat(np.arange(n, dtype=np.uint64), np.diff(off))
+        keys = np.sort((pair << np.uint64(32)) | vals.astype(np.uint64))
+        keep = np.ones(len(keys), dtype=bool)
+        keep[1:] = keys[1:] != keys[:-1]
+        keys = keys[keep]
+        sizes = np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=n)
+        return keys, sizes
+
+    ka, na = side(a_vals, a_off)
+    kb, nb = side(b_vals, b_off)
+    keys = np.sort(np.concatenate([ka, kb]))
     dup = keys[1:] == keys[:-1]
     inter = np.bincount((keys[1:][dup] >> np.uint64(32)).astype(np.int64), minlength=n)
     union = na + nb - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        j = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-    return j
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
 def signature_jaccard(sa: np.ndarray, sb: np.ndarray) -> np.ndarray:

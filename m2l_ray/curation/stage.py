@@ -112,7 +112,7 @@ def curate(ds: Any, cfg: CurationConfig, registry: Any) -> CurationResult:
     dedup_stats: dict[str, Any] = {"enabled": False}
     if cfg.enabled and cfg.dedup.enabled and n_rows:
         res = dedup(checked, cfg.dedup, registry=registry, language_field="language_code",
-                    eligible_field=ELIGIBLE)
+                    eligible_field=ELIGIBLE, split_blocks=False)
         annotated = res.ds
         dedup_stats = {"enabled": True, **res.stats}
     else:
