@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 export M2L_CACHE_DIR ?= $(CURDIR)/.cache/m2l-ray
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-cluster lint bench clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+test-cluster: setup
+	$(BIN)/python -m pytest -m cluster tests/test_multinode.py
 
 lint: setup
 	$(BIN)/ruff check .

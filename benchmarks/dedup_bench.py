@@ -323,6 +323,7 @@ def run_ray(table: pa.Table, cfg: DedupConfig, tmp: str, cpus: int) -> tuple[Any
     with ProcessMeter() as meter:
         ds = read_table_any(path)
         res = dedup(ds, cfg, column="text", key_field="id")
+        res.ds = res.ds.materialize()  # the annotated output, as `m2l dedup` writes it
     n = table.num_rows
     info = {"docs": n, "wall_s": round(meter.wall, 2), "cpu_s": round(meter.cpu_used, 2),
             "docs_per_cpu_s": round(n / meter.cpu_used),

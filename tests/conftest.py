@@ -17,3 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+# Modules that build their own in-process Ray cluster (ray.cluster_utils) must run
+# before the curation tests' session-wide local instance: Ray Data keeps per-process
+# state that doesn't survive a shutdown/re-init onto a different cluster.
+_OWN_CLUSTER_FIRST = ("test_placement.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in _OWN_CLUSTER_FIRST)

@@ -30,12 +30,20 @@ def test_unknown_task_is_named():
 
 
 def test_extra_language_is_accepted_and_validated():
+    extra = {"extra": [{"code": "tok", "name": "Toki Pona", "script": "Latn"}]}
+    # lid.176 can't identify Toki Pona: without a policy the job is stopped, naming the key
+    no_policy = config_from_dict({"languages": extra, "seeds": {"languages": ["tok"]}})
+    with pytest.raises(ConfigError) as e:
+        prepare(no_policy)
+    assert e.value.key == "curation.lid.unsupported_policy" and "tok (Toki Pona)" in str(e.value)
     ok = config_from_dict({
-        "languages": {"extra": [{"code": "tok", "name": "Toki Pona", "script": "Latn"}]},
+        "languages": extra,
         "seeds": {"languages": ["tok"]},
+        "curation": {"lid": {"policies": {"tok": "script_only"}}},
     })
     ctx = prepare(ok)
     assert ctx.registry.get("tok").name == "Toki Pona"
+    assert any("tok" in w and "script_only" in w for w in ctx.warnings)
     bad = config_from_dict({"languages": {"extra": [{"code": "tok", "name": "Toki Pona"}]}})
     with pytest.raises(ConfigError) as e:
         prepare(bad)

@@ -202,7 +202,8 @@ def test_cli_dedup_and_langid(curation_ray, tmp_path, capsys):
 
     out = tmp_path / "dedup.parquet"
     args = _parser().parse_args(["dedup", str(src), str(out), "--text-field", "text",
-                                 "--id-field", "doc", "--stats-json", str(tmp_path / "s.json")])
+                                 "--id-field", "doc", "--verify", "none",
+                                 "--stats-json", str(tmp_path / "s.json")])
     assert args.func(args) == 0
     table = pq.read_table(out)
     assert table.num_rows == 20
@@ -213,7 +214,8 @@ def test_cli_dedup_and_langid(curation_ray, tmp_path, capsys):
 
     ann = tmp_path / "ann.jsonl"
     args = _parser().parse_args(["dedup", str(src), str(ann), "--text-field", "text",
-                                 "--annotate", "--threshold", "0.7", "--ngram", "3"])
+                                 "--annotate", "--threshold", "0.7", "--ngram", "3",
+                                 "--verify", "signature"])
     assert args.func(args) == 0
     rows = {r["doc"]: r for r in map(json.loads, ann.read_text().splitlines())}
     assert len(rows) == 22

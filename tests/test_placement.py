@@ -124,6 +124,8 @@ def gpu_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    if ray.is_initialized():  # another module's session fixture may hold a local instance
+        ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     for _ in range(2):
         cluster.add_node(num_cpus=3, num_gpus=2)

@@ -108,7 +108,7 @@ class DedupConfig:
     verify: str = "exact"
     key_field: str | None = "id"  # decides which member of a cluster is kept
     seed: int = 1
-    block_rows: int = 5000  # input rows per signature task (spreads one big file over CPUs)
+    block_rows: int = 20_000  # rows per signature task (spreads one big file over CPUs)
     driver_max_edges: int = 5_000_000  # above this, connected components run on Ray
     num_partitions: int | None = None  # shuffle partitions; None: from the data size
     recall_target: float = 0.99

@@ -4,7 +4,7 @@ Stages (each a Ray Data operation, so each scales out with the cluster):
 
 1. **Signatures** (one ``map_batches`` pass, materialised): every row keeps its
    columns and gains ``_m2l_node``, XXH64 of its key (the ``key_field`` value, else
-   the whole row), a row id, its band keys and the verification payload. The node
+   the whole row), a row id and its band keys. The node
    decides which member of a cluster survives (the smallest), so the choice depends
    on content, not on how blocks were cut: two runs keep the same rows.
    Shingles, MinHash and band keys are computed for a whole batch at once
@@ -50,7 +50,7 @@ from m2l_ray.curation.xxh import xxh64_lanes
 ROW = "_m2l_row"
 NODE = "_m2l_node"
 #: Columns the signature pass adds to every row; the final assignment removes them.
-HELPERS = (ROW, NODE, "_bk", "_pl", "_nsh", "_el")
+HELPERS = (ROW, NODE, "_bk", "_nsh", "_el")
 CLUSTER = "dedup_cluster"
 DUPLICATE = "dedup_duplicate"
 FROM_CONFIG = "\x00from-config"  # key_field default: use DedupConfig.key_field
@@ -76,7 +76,7 @@ class TextSpec:
     bands: int = 16
     rows: int = 8
     seed: int = 1
-    payload: str = "exact"  # "exact": keep shingle sets, "signature": keep signatures
+    payload: str = "exact"  # what verification compares: "exact" shingles, "signature"
 
 
 @dataclass
@@ -186,7 +186,7 @@ SIGNATURE_CHUNK = 512
 
 
 def _signature_batch(batch: Any, spec: TextSpec) -> pa.Table:
-    """Per row: row id, node, band keys, and the verification payload."""
+    """Per row: row id, node and band keys (the row's own columns are kept)."""
     t = _as_table(batch)
     if t.num_rows <= SIGNATURE_CHUNK:
         return _signature_chunk(t, spec)
@@ -230,17 +230,33 @@ def _signature_chunk(t: pa.Table, spec: TextSpec) -> pa.Table:
         NODE: pa.array(node),
         "_bk": _list_column(bk[has].ravel(), bk_off, pa.int64()),
     }
-    if spec.payload == "exact":  # made sets only where a candidate pair needs them
-        cols["_pl"] = _list_column(h, off, pa.uint32())
-    elif spec.payload == "signature":
-        pl_len = np.where(has, spec.num_perm, 0)
-        cols["_pl"] = _list_column(sig[has].ravel(), np.concatenate([[0], np.cumsum(pl_len)]),
-                                   pa.uint32())
     cols["_nsh"] = pa.array(np.diff(off).astype(np.int32))
     cols["_el"] = pa.array(ok)
     for name, col in cols.items():
         t = t.append_column(name, col)
     return t
+
+
+def _payload(t: pa.Table, spec: TextSpec) -> pa.Array:
+    """What verification compares, recomputed from the text of just these rows.
+
+    Candidates are a small share of all rows, so recomputing their shingles (or
+    signatures) costs less than storing a payload for every row.
+    """
+    texts = _texts(t, spec)
+    if spec.eligible_field is not None:
+        ok = _np(t.column(spec.eligible_field).fill_null(False), bool)
+        texts = [x if e else "" for x, e in zip(texts, ok, strict=True)]
+    h, off = shingles.shingle_hashes(texts, _char_mode(t, spec), ngram=spec.ngram,
+                                     char_ngram=spec.char_ngram)
+    if spec.payload == "signature":
+        a, b = minhash.permutations(spec.num_perm, spec.seed)
+        sig = minhash.signatures(h, off, a, b)
+        lens = np.where(np.diff(off) > 0, spec.num_perm, 0)
+        has = lens > 0
+        return _list_column(sig[has].ravel(), np.concatenate([[0], np.cumsum(lens)]),
+                            pa.uint32())
+    return _list_column(h, off, pa.uint32())
 
 
 def _explode_bands(batch: Any) -> pa.Table:
@@ -381,7 +397,8 @@ def _attach_payload(batch: Any, side: str, threshold: float, mode: str) -> pa.Ta
     return pa.table({"a": a[ok], "b": b[ok]})
 
 
-def _verify_distributed(edges: Any, sig: Any, nparts: int, threshold: float, mode: str) -> Any:
+def _verify_distributed(edges: Any, sig: Any, nparts: int, threshold: float, mode: str,
+                        spec: TextSpec) -> Any:
     """Exact (or signature) check of candidate edges by two co-partitioned joins."""
     lt = pa.list_(pa.uint32())
 
@@ -397,10 +414,11 @@ def _verify_distributed(edges: Any, sig: Any, nparts: int, threshold: float, mod
 
     def payload_rows(batch: Any) -> pa.Table:
         t = _as_table(batch)
+        t = t.filter(pc.greater(t.column("_nsh"), 0))  # rows without shingles have no edge
         n = t.num_rows
         zero = pa.array(np.zeros(n, np.int64))
         return pa.table({"k": t.column(NODE), "a": zero, "b": zero,
-                         "t": pa.array(np.zeros(n, np.int8)), "pl": t.column("_pl"),
+                         "t": pa.array(np.zeros(n, np.int8)), "pl": _payload(t, spec),
                          "pa": pa.nulls(n, lt)})
 
     payload = sig.map_batches(payload_rows, batch_format="pyarrow")
@@ -601,8 +619,10 @@ def _several(batch: Any) -> pa.Table:
     return t.filter(pc.greater(t.column("n"), 1))
 
 
-def _exact_groups(sig: Any, n_rows: int, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray, int]:
-    """Nodes shared by several rows, with their representative (smallest row id)."""
+def _exact_groups(sig: Any, n_rows: int, cfg: DedupConfig
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nodes shared by several rows: (sorted nodes, representative = smallest row id,
+    number of rows)."""
     from ray.data.aggregate import Count, Min
 
     sig = sig.select_columns([NODE, ROW, "_el"]).map_batches(_only_eligible,
@@ -617,15 +637,15 @@ def _exact_groups(sig: Any, n_rows: int, cfg: DedupConfig) -> tuple[np.ndarray, 
         start[1:] = node[1:] != node[:-1]
         counts = np.diff(np.concatenate([np.flatnonzero(start), [len(node)]]))
         multi = counts > 1
-        return node[start][multi], row[start][multi], int((counts[multi] - 1).sum())
+        return node[start][multi], row[start][multi], counts[multi]
     agg = (sig.select_columns([NODE, ROW]).groupby(NODE)
            .aggregate(Count(alias_name="n"), Min(ROW, alias_name="rep"))
            .map_batches(_several, batch_format="pyarrow").materialize())
     t = _collect(agg, [NODE, "rep", "n"])
     node = _np(t.column(NODE), np.int64)
     order = np.argsort(node)
-    return node[order], _np(t.column("rep"), np.int64)[order], int(
-        (_np(t.column("n"), np.int64) - 1).sum())
+    return (node[order], _np(t.column("rep"), np.int64)[order],
+            _np(t.column("n"), np.int64)[order])
 
 
 def text_spec(cfg: DedupConfig, *, column: str | None = None, registry: Any = None,
@@ -704,8 +724,8 @@ def dedup(
                            {**stats, "clusters": 0, "duplicates": 0})
     nparts = _num_partitions(cfg, n_rows)
     stats["partitions"] = nparts
-    dup_nodes, dup_reps, n_exact = _exact_groups(sig, n_rows, cfg)
-    stats["exact_duplicates"] = n_exact
+    dup_nodes, dup_reps, dup_counts = _exact_groups(sig, n_rows, cfg)
+    stats["exact_duplicates"] = int((dup_counts - 1).sum())
     clock.lap("identical_keys")
 
     edges = (sig.select_columns(["_bk", NODE])
@@ -725,7 +745,7 @@ def dedup(
         a, b = _unique_pairs(_np(t.column("a"), np.int64), _np(t.column("b"), np.int64))
         stats["candidate_edges"] = int(len(a))
         if cfg.verify != "none" and len(a):
-            keep = _verify_on_driver(a, b, sig, params.threshold, cfg.verify)
+            keep = _verify_on_driver(a, b, sig, params.threshold, cfg.verify, spec)
             a, b = a[keep], b[keep]
         stats["verified_edges"] = int(len(a))
         clock.lap("verify")
@@ -734,7 +754,7 @@ def dedup(
     else:
         stats["components"] = "distributed"
         if cfg.verify != "none":
-            edges = _verify_distributed(edges, sig, nparts, params.threshold, cfg.verify)
+            edges = _verify_distributed(edges, sig, nparts, params.threshold, cfg.verify, spec)
         stats["verified_edges"] = edges.count()
         clock.lap("verify")
         stars, rounds = components_distributed(edges, nparts)
@@ -760,9 +780,12 @@ def dedup(
                        "eligible_field": eligible_field})
     else:
         out = _assign_join(sig, assignment, nparts, dup_nodes, dup_reps, eligible_field)
-    out = out.materialize()
-    dups = int(sum(r["n"] for r in out.map_batches(
-        _count_true, batch_size=None, batch_format="pyarrow").take_all()))
+    if assignment is None:
+        dups = _count_duplicates(nodes, roots, dup_nodes, dup_counts)
+    else:  # no driver-side map: count the output
+        out = out.materialize()
+        dups = int(sum(r["n"] for r in out.map_batches(
+            _count_true, batch_size=None, batch_format="pyarrow").take_all()))
     clock.lap("assign")
     in_clusters = int(len(nodes)) if assignment is None else None
     stats.update({
@@ -794,19 +817,35 @@ class _Clock:
         self.t = now
 
 
+def _count_duplicates(nodes: np.ndarray, roots: np.ndarray, dup_nodes: np.ndarray,
+                      dup_counts: np.ndarray) -> int:
+    """Rows the assignment marks as duplicates, from the driver-side maps alone:
+    every row of a non-root node, and all but one row of every other shared node."""
+    rows_of = np.ones(len(nodes), dtype=np.int64)
+    hit, pos = _lookup(dup_nodes, nodes)
+    rows_of[hit] = dup_counts[pos[hit]]
+    non_root = nodes != roots
+    dups = int(rows_of[non_root].sum())
+    hit, pos = _lookup(nodes[non_root] if non_root.any() else nodes[:0], dup_nodes)
+    return dups + int((dup_counts[~hit] - 1).sum())
+
+
 def _count_true(batch: Any) -> pa.Table:
     t = _as_table(batch)
     return pa.table({"n": [int(pc.sum(t.column(DUPLICATE).cast(pa.int64())).as_py() or 0)]})
 
 
-def _verify_on_driver(a: np.ndarray, b: np.ndarray, sig: Any, threshold: float, mode: str
-                      ) -> np.ndarray:
+def _verify_on_driver(a: np.ndarray, b: np.ndarray, sig: Any, threshold: float, mode: str,
+                      spec: TextSpec) -> np.ndarray:
     """Fetch payloads of the nodes on candidate edges only, then check every edge."""
     import ray
 
     want = np.unique(np.concatenate([a, b]))
     want_ref = ray.put(want)
-    sub = sig.map_batches(_select_nodes, batch_format="pyarrow", fn_kwargs={"want": want_ref})
+    cols = [NODE, spec.column] + [c for c in (spec.language_field, spec.eligible_field)
+                                  if c is not None and c != spec.column]
+    sub = sig.select_columns(cols).map_batches(
+        _select_nodes, batch_format="pyarrow", fn_kwargs={"want": want_ref, "spec": spec})
     parts = [p for p in ray.get(sub.to_arrow_refs()) if p.num_rows]
     t = pa.concat_tables(parts) if parts else pa.table(
         {NODE: pa.array([], pa.int64()), "_pl": pa.array([], pa.list_(pa.uint32()))})
@@ -820,10 +859,11 @@ def _verify_on_driver(a: np.ndarray, b: np.ndarray, sig: Any, threshold: float, 
     return _verify_local(a, b, node[first], vals, offs, threshold, mode)
 
 
-def _select_nodes(batch: Any, want: np.ndarray) -> pa.Table:
+def _select_nodes(batch: Any, want: np.ndarray, spec: TextSpec) -> pa.Table:
     t = _as_table(batch)
     hit, _ = _lookup(_val(want), _np(t.column(NODE), np.int64))
-    return t.select([NODE, "_pl"]).filter(pa.array(hit))
+    t = t.filter(pa.array(hit))
+    return pa.table({NODE: t.column(NODE), "_pl": _payload(t, spec)})
 
 
 def _assign_join(indexed: Any, stars: Any, nparts: int, dup_nodes: np.ndarray,

@@ -149,8 +149,8 @@ def _language_codes(ds: Any) -> list[str]:
 
 def _codes_block(batch: Any) -> pa.Table:
     t = _as_table(batch)
-    codes = pc.unique(t.column("language_code").drop_null()) if t.num_rows else []
-    return pa.table({"code": pa.array(list(codes.to_pylist()) if len(codes) else [], pa.string())})
+    codes = pc.unique(t.column("language_code").drop_null()).to_pylist() if t.num_rows else []
+    return pa.table({"code": pa.array(codes, pa.string())})
 
 
 def _context(cfg: CurationConfig, registry: Any, codes: list[str]) -> _Context:
