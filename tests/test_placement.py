@@ -1,7 +1,7 @@
 """Placement and preflight: actor counts, tensor-parallel placement groups, clear refusals.
 
 No GPU here. The pure logic is tested on resource dicts; the placement groups are
-tested on a real multi-node Ray cluster (ray.cluster_utils.Cluster: one raylet per
+tested on a real two-node Ray cluster (ray.cluster_utils.Cluster: one raylet per
 node, in separate processes) whose nodes *declare* GPUs. Ray schedules logical
 resources, so the groups, their STRICT_PACK strategy, the per-node packing and the
 capture of child tasks (where vLLM's Ray workers would go) are all real; only the
@@ -119,16 +119,15 @@ def test_tensor_parallel_actor_gets_a_strict_pack_group_factory():
 
 @pytest.fixture(scope="module")
 def gpu_cluster():
-    """Head without GPUs plus two worker nodes declaring 2 GPUs each."""
+    """Two nodes (separate raylets) declaring 2 GPUs each."""
     os.environ["RAY_AUTH_MODE"] = "disabled"
     import ray
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():  # another module's session fixture may hold a local instance
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-    for _ in range(2):
-        cluster.add_node(num_cpus=3, num_gpus=2)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "num_gpus": 2})
+    cluster.add_node(num_cpus=3, num_gpus=2)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     yield cluster
@@ -140,7 +139,7 @@ def test_preflight_reads_the_live_cluster(gpu_cluster):
     from m2l_ray.placement import node_resources, preflight
 
     nodes = node_resources()
-    assert sorted(n.get("GPU", 0) for n in nodes) == [0, 2, 2]
+    assert sorted(n.get("GPU", 0) for n in nodes) == [2, 2]
     assert preflight(eng(tensor_parallel_size=2)).actors == 2
     with pytest.raises(M2LError) as e:
         preflight(eng(tensor_parallel_size=4))  # 4 GPUs in total, but 2 per node

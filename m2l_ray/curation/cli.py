@@ -87,9 +87,11 @@ def _ray(num_cpus: int | None) -> None:
 
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
-        if num_cpus and not os.environ.get("RAY_ADDRESS"):
-            # a local instance of that size, even if a `ray start` cluster is running
-            kwargs.update(address="local", num_cpus=num_cpus)
+        if not os.environ.get("RAY_ADDRESS"):
+            # a local instance, never a stray `ray start` cluster on the same machine
+            kwargs["address"] = "local"
+            if num_cpus:
+                kwargs["num_cpus"] = num_cpus
         ray.init(**kwargs)
 
 

@@ -790,7 +790,10 @@ def dedup(
     in_clusters = int(len(nodes)) if assignment is None else None
     stats.update({
         "duplicates": dups,
-        "clusters": int(len(np.unique(roots))) if assignment is None else None,
+        # clusters with more than one row: components, plus identical-key groups
+        # that are in no component
+        "clusters": (int(len(np.unique(roots))) + int((~_lookup(nodes, dup_nodes)[0]).sum())
+                     if assignment is None else None),
         "nodes_in_clusters": in_clusters,
         "lsh": minhash.describe(params),
         "seconds": clock.laps,

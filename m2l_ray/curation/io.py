@@ -2,8 +2,8 @@
 
 All file-system access of those commands goes through ``read_table_any`` and
 ``write_output``, so that object storage (s3://) plugs in here and nowhere else.
-Local paths only for now: a file, a folder (every .parquet / .jsonl file in it,
-recursively, sorted) or a glob.
+Local paths or s3:// URIs: a file, a folder (every .parquet / .jsonl file in it,
+recursively, sorted) or a glob; S3 goes through m2l_ray.storage (whole-object writes).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _kind(path: str) -> str | None:
 
 def _files(uri: str) -> list[str]:
     if "://" in uri:
-        raise M2LError(f"{uri}: only local paths are supported by this command for now")
+        raise M2LError(f"{uri}: only local paths and s3:// are supported")
     path = os.path.expanduser(uri)
     if os.path.isdir(path):
         found = []
@@ -55,7 +55,16 @@ def read_table_any(uri: str) -> Any:
     """A Ray dataset over a Parquet or JSONL file, folder or glob (one format)."""
     import ray.data
 
-    files = _files(uri)
+    fs = None
+    if uri.startswith("s3://"):
+        from m2l_ray.storage import StorageOptions, open_input
+
+        fs, files = open_input(uri, StorageOptions.from_dict(None))
+        files = [f for f in files if _kind(f)]
+        if not files:
+            raise M2LError(f"{uri}: no .parquet or .jsonl objects")
+    else:
+        files = _files(uri)
     kinds = {_kind(f) for f in files}
     if None in kinds:
         bad = next(f for f in files if _kind(f) is None)
@@ -63,8 +72,36 @@ def read_table_any(uri: str) -> Any:
     if len(kinds) > 1:
         raise M2LError(f"{uri}: mixes Parquet and JSONL files; pass one format")
     if kinds == {"parquet"}:
-        return ray.data.read_parquet(files)
+        return ray.data.read_parquet(files, filesystem=fs)
+    if fs is not None:  # lines=True can't take a filesystem; Arrow's reader reads JSONL
+        return ray.data.read_json(files, filesystem=fs)
     return ray.data.read_json(files, lines=True)
+
+
+def _write_s3(ds: Any, uri: str) -> list[str]:
+    """S3 output: whole objects only (a single file, or part-NNNNN.parquet under a prefix)."""
+    from m2l_ray.storage import StorageOptions, Store
+
+    kind = _kind(uri)
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    if kind is None:
+        store = Store.open(uri.rstrip("/"), StorageOptions.from_dict(None))
+        out = []
+        for i, batch in enumerate(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
+            store.write_parquet(f"part-{i:05d}.parquet", batch)
+            out.append(store.key_uri(f"part-{i:05d}.parquet"))
+        return out
+    store = Store.open(parent, StorageOptions.from_dict(None))
+    tables = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    if kind == "parquet":
+        table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+        store.write_parquet(name, table)
+    else:
+        lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
+                        for t in tables for r in t.to_pylist())
+        data = lines.encode("utf-8")
+        store.put_bytes(name, gzip.compress(data) if name.lower().endswith(".gz") else data)
+    return [uri]
 
 
 def write_output(ds: Any, uri: str) -> list[str]:
@@ -73,8 +110,10 @@ def write_output(ds: Any, uri: str) -> list[str]:
     Returns the files written. A single file is streamed from the driver batch by
     batch (its order is the dataset's); a folder is written by Ray in parallel.
     """
+    if uri.startswith("s3://"):
+        return _write_s3(ds, uri)
     if "://" in uri:
-        raise M2LError(f"{uri}: only local paths are supported by this command for now")
+        raise M2LError(f"{uri}: only local paths and s3:// are supported")
     path = os.path.expanduser(uri)
     kind = _kind(path)
     if kind is None:
