@@ -17,6 +17,12 @@ def _client(s3):
 
 
 def test_dedup_and_langid_on_s3(s3_env):
+    import ray
+
+    # as from a shell: Ray's workers must start with the AWS env the user exported
+    # (a Ray instance started earlier in this test process would lack it)
+    if ray.is_initialized():
+        ray.shutdown()
     s3 = s3_env
     c = _client(s3)
     docs = [{"doc": f"d{i}", "text": " ".join(f"tok{i}w{j}" for j in range(40))} for i in range(10)]
