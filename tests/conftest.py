@@ -19,6 +19,17 @@ def repo_root() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="session")
+def curation_ray():
+    """One local Ray instance for the in-process curation tests (never a stray cluster)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, ignore_reinit_error=True, include_dashboard=False,
+             log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return ray
+
+
 # Modules that build their own in-process Ray cluster (ray.cluster_utils) must run
 # before the curation tests' session-wide local instance: Ray Data keeps per-process
 # state that doesn't survive a shutdown/re-init onto a different cluster.

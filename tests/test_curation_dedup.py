@@ -17,23 +17,12 @@ import os
 import random
 
 import pyarrow as pa
-import pytest
 
 from m2l_ray.curation import shingles
 from m2l_ray.curation.config import DedupConfig
 from m2l_ray.languages import LanguageRegistry
 
 NGRAM = 3
-
-
-@pytest.fixture(scope="session")
-def curation_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, ignore_reinit_error=True, include_dashboard=False,
-             log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    return ray
 
 
 def _sentences(rng: random.Random, vocab: list[str], n: int) -> list[str]:

@@ -13,20 +13,9 @@ import random
 
 import numpy as np
 import pyarrow as pa
-import pytest
 from test_curation_dedup import _run, build_corpus, check_against_truth, truth_groups
 
 from m2l_ray.curation import dedup
-
-
-@pytest.fixture(scope="session")
-def curation_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, ignore_reinit_error=True, include_dashboard=False,
-             log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    return ray
 
 
 def test_distributed_path_matches_truth(curation_ray, monkeypatch):

@@ -24,16 +24,6 @@ EN_A2 = ("Put a leafy water plant in a glass of water in bright sunlight and wat
          "bubbles of oxygen form on the leaves after an hour or so; in the dark they stop.")
 
 
-@pytest.fixture(scope="session")
-def curation_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, ignore_reinit_error=True, include_dashboard=False,
-             log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    return ray
-
-
 @pytest.fixture(scope="module")
 def registry() -> LanguageRegistry:
     return LanguageRegistry.load()
