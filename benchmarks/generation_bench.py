@@ -11,7 +11,7 @@ Throughput is generated tokens / wall time of the generation window (first reque
 sent to last completion; engine start-up excluded on both sides). The offline run
 has every prompt up front, with no turn-to-turn dependency: it is the ceiling.
 
-    python benchmarks/generation_bench.py [--seeds 64] [--eager]
+    python benchmarks/generation_bench.py [--seeds 48] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def run_offline(cfg, requests: list[dict]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(REPO / "jobs/local.yaml"))
-    ap.add_argument("--seeds", type=int, default=64)
+    ap.add_argument("--seeds", type=int, default=48)
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
     cfg = load_config(args.config, ["seeds.languages=all", "seeds.tasks=all", *args.set])

@@ -65,16 +65,20 @@ class ConversationGenerator:
         return pa.Table.from_pylist(list(results), schema=RAW_SCHEMA)
 
 
-def pool_settings(cfg: EngineConfig, rows: int, engine_capacity: int | None = None) -> dict[str, Any]:
+def pool_settings(
+    cfg: EngineConfig, rows: int, engine_capacity: int | None = None, actors: int = 1
+) -> dict[str, Any]:
     """Block size and tasks in flight so that each engine sees ~1.5x its capacity in requests.
 
     Capacity: vLLM's max_num_seqs, or the openai engine's per-actor in-flight bound.
+    At least one block per actor (when there are enough rows): a small job on a big
+    pool would otherwise leave engines idle while one works through every block.
     """
     capacity = engine_capacity or cfg.max_num_seqs
     block_rows = cfg.batch_size * ASYNC_BATCHES_PER_TASK
     in_flight = max(1, math.ceil(1.5 * capacity / block_rows))
     return {
         "block_rows": block_rows,
-        "num_blocks": max(1, math.ceil(rows / block_rows)),
+        "num_blocks": max(1, math.ceil(rows / block_rows), min(rows, actors)),
         "tasks_in_flight_per_actor": in_flight,
     }

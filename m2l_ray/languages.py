@@ -146,6 +146,18 @@ class _Checker:
         key = f"{self.prefix}.{field}" if field else self.prefix
         return ConfigError(key=key, problem=problem, source=self.source)
 
+    def fields(self, raw: Any, required: tuple[str, ...], allowed: tuple[str, ...],
+               what: str, missing: str, unknown: str) -> None:
+        """``raw`` is a mapping with every required field and no field outside ``allowed``."""
+        if not isinstance(raw, Mapping):
+            raise self.fail("", f"must be a mapping{what}")
+        for f in required:
+            if f not in raw:
+                raise self.fail(f, missing)
+        for f in raw:
+            if f not in allowed:
+                raise self.fail(str(f), unknown)
+
     def string(self, raw: Mapping[str, Any], field: str) -> str:
         v = raw[field]
         if not _is_str(v):
@@ -240,14 +252,8 @@ def _parse_builtin(data: Any, refusals: Mapping[str, tuple[str, ...]]) -> tuple[
     owner: dict[str, str] = {}
     for i, raw in enumerate(data):
         chk = _Checker(f"languages[{i}]", LANGUAGES_FILE)
-        if not isinstance(raw, dict):
-            raise chk.fail("", "must be a mapping")
-        for f in _BUILTIN_FIELDS:
-            if f not in raw:
-                raise chk.fail(f, "is required in the built-in registry")
-        for f in raw:
-            if f not in _BUILTIN_FIELDS and f != "aliases":
-                raise chk.fail(str(f), "unknown field")
+        chk.fields(raw, _BUILTIN_FIELDS, (*_BUILTIN_FIELDS, "aliases"), "",
+                   "is required in the built-in registry", "unknown field")
         code = chk.code(raw)
         iso1 = raw["iso639_1"]
         if iso1 is not None and not (isinstance(iso1, str) and re.fullmatch("[a-z]{2}", iso1)):
@@ -290,15 +296,10 @@ def _parse_builtin(data: Any, refusals: Mapping[str, tuple[str, ...]]) -> tuple[
 
 def _extra_language(raw: Any, i: int, source: str | None) -> Language:
     chk = _Checker(f"languages.extra[{i}]", source)
-    if not isinstance(raw, Mapping):
-        raise chk.fail("", "must be a mapping with at least code, name and script")
-    for f in _EXTRA_REQUIRED:
-        if f not in raw:
-            raise chk.fail(f, "is required for a language added by the job config")
-    for f in raw:
-        if f not in _EXTRA_REQUIRED and f not in _EXTRA_OPTIONAL:
-            raise chk.fail(str(f), "unknown field; allowed: "
-                                   f"{', '.join(_EXTRA_REQUIRED + _EXTRA_OPTIONAL)}")
+    allowed = (*_EXTRA_REQUIRED, *_EXTRA_OPTIONAL)
+    chk.fields(raw, _EXTRA_REQUIRED, allowed, " with at least code, name and script",
+               "is required for a language added by the job config",
+               f"unknown field; allowed: {', '.join(allowed)}")
     code = chk.code(raw)
     script = chk.script(raw)
     iso1 = raw.get("iso639_1", code if re.fullmatch("[a-z]{2}", code) else None)

@@ -235,13 +235,13 @@ def generate(
     from ray.data import ActorPoolStrategy
 
     from m2l_ray.generate import ConversationGenerator, pool_settings
-    from m2l_ray.placement import plan_actors
+    from m2l_ray.placement import preflight
 
     cfg = ctx.cfg
     ray_init()
-    actors = plan_actors(cfg.engine, ray.cluster_resources())
+    actors = preflight(cfg.engine)  # per node: an engine (or tensor-parallel group) fits on one node
     n_actors = actors.actors
-    settings = pool_settings(cfg.engine, len(todo), _in_flight_per_actor(cfg))
+    settings = pool_settings(cfg.engine, len(todo), _in_flight_per_actor(cfg), n_actors)
     emit(f"[generate] {len(todo)} conversations on {n_actors} engine actor(s) "
          f"({cfg.engine.kind}, {cfg.engine.model}, {'GPU' if actors.gpus_per_actor else 'CPU'}), "
          f"{settings['tasks_in_flight_per_actor']} blocks of {settings['block_rows']} in flight per actor")
@@ -263,22 +263,25 @@ def generate(
     pending: dict[int, dict[str, dict]] = defaultdict(dict)
     expected = {u: len(ps) for u, ps in units.items()}
     prog = Progress("generate", len(todo), cfg.output.progress_seconds, emit)
-    written = 0
+    finished: set[int] = set()
     requests = 0
-    for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
-        rows = batch.to_pylist()
-        requests += sum(n for r in rows for _, _, n in json.loads(r["usage"] or "{}").values())
-        prog.update(
-            done=len(rows),
-            failed=sum(r["status"] != "ok" for r in rows),
-            tokens=sum(r["completion_tokens"] for r in rows),
-        )
-        for r in rows:
-            pending[r["work_unit"]][r["seed_id"]] = r
-        for u in [u for u, rs in pending.items() if len(rs) >= expected[u]]:
-            rs = [r for _, r in sorted(pending.pop(u).items())]
-            store.write_parquet(unit_key(u), pa.Table.from_pylist(rs, schema=RAW_SCHEMA))
-            written += 1
+    # prefetch_batches=0: a finished block reaches this loop (and raw/) as soon as it exists
+    with prog.heartbeat():
+        for batch in out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+            # a unit already written (its block's rows seen twice after a retry) is not rewritten
+            rows = [r for r in batch.to_pylist() if r["work_unit"] not in finished]
+            requests += sum(n for r in rows for _, _, n in json.loads(r["usage"] or "{}").values())
+            for r in rows:
+                pending[r["work_unit"]][r["seed_id"]] = r
+            for u in [u for u, rs in pending.items() if len(rs) >= expected[u]]:
+                rs = [r for _, r in sorted(pending.pop(u).items())]
+                store.write_parquet(unit_key(u), pa.Table.from_pylist(rs, schema=RAW_SCHEMA))
+                finished.add(u)
+            prog.update(
+                done=len(rows),
+                failed=sum(r["status"] != "ok" for r in rows),
+                tokens=sum(r["completion_tokens"] for r in rows),
+            )
     prog.update(force=True)
     if pending:
         raise M2LError(f"generation ended with incomplete units {sorted(pending)[:5]}; rerun to resume")
@@ -286,7 +289,7 @@ def generate(
         "generated": prog.done,
         "failed": prog.failed,
         "requests": requests,
-        "units_written": written,
+        "units_written": len(finished),
         "completion_tokens": prog.tokens,
         "tokens_per_second": round(prog.tokens_per_second(), 1),
         "seconds": round(time.monotonic() - prog.start, 1),

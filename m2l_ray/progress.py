@@ -1,13 +1,17 @@
 """Progress lines for long runs: done / total, tokens/s, ETA, at a steady interval.
 
-Printed by the driver as results stream back, so they land in ``ray job logs``
-as well as on a laptop's terminal.
+Printed by the driver, so they land in ``ray job logs`` as well as on a laptop's
+terminal. Results arrive in blocks, and the first block can take minutes (engine
+start, model load): a heartbeat thread keeps the lines coming at the interval while
+nothing arrives, so a silent log always means a stuck driver, never a slow block.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 def fmt_seconds(s: float) -> str:
@@ -36,15 +40,36 @@ class Progress:
         self.done = 0
         self.failed = 0
         self.tokens = 0
+        self._lock = threading.Lock()  # the heartbeat thread and the result loop both report
 
     def update(self, done: int = 0, failed: int = 0, tokens: int = 0, force: bool = False) -> None:
-        self.done += done
-        self.failed += failed
-        self.tokens += tokens
-        now = self.clock()
-        if force or now - self.last >= self.interval:
+        with self._lock:
+            self.done += done
+            self.failed += failed
+            self.tokens += tokens
+            now = self.clock()
+            if not (force or now - self.last >= self.interval):
+                return
             self.last = now
-            self.emit(self.line())
+            line = self.line()
+        self.emit(line)
+
+    @contextmanager
+    def heartbeat(self) -> Iterator[Progress]:
+        """Emit a line every ``interval`` seconds for as long as the block runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(min(1.0, self.interval / 4)):
+                self.update()
+
+        t = threading.Thread(target=beat, name=f"progress-{self.stage}", daemon=True)
+        t.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            t.join()
 
     def line(self) -> str:
         elapsed = max(1e-9, self.clock() - self.start)

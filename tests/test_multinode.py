@@ -273,6 +273,12 @@ def engine_actors(cluster: LocalCluster, job: str, state: str | None = None) -> 
             if a.class_name == ENGINE_CLASS and a.job_id == job and (state is None or a.state == state)]
 
 
+def _seconds(hms: str) -> int:
+    """Progress lines' ``1h02m03s`` / ``2m03s`` as seconds."""
+    h, m, sec = re.fullmatch(r"(?:(\d+)h)?(\d+)m(\d+)s", hms).groups()
+    return int(h or 0) * 3600 + int(m) * 60 + int(sec)
+
+
 def raw_units(out: Path) -> list[Path]:
     return sorted((out / "raw").glob("unit-*.parquet")) if (out / "raw").is_dir() else []
 
@@ -320,6 +326,11 @@ def test_ray_job_submit_as_documented_runs_on_two_nodes(cluster):
     progress = re.findall(r"\[generate\] \d+/8 conversations \(\d+%\), \d+ failed, \d+ generated "
                           r"tok/s, elapsed \S+, ETA \S+", log)
     assert progress and progress[-1].startswith("[generate] 8/8"), log[-3000:]
+    # steady: a line every output.progress_seconds (2 s) while engines load and blocks run,
+    # not only when a block returns (allowing for a loaded 2-core machine)
+    elapsed = [_seconds(m) for m in re.findall(r"elapsed (\S+), ETA", "\n".join(progress))]
+    assert elapsed[-1] >= 20 and len(elapsed) >= elapsed[-1] / 6, progress
+    assert max(b - a for a, b in zip(elapsed, elapsed[1:], strict=False)) <= 12, elapsed
     assert "[summary]" in log and "[done]" in log
     stats = check_output(out, 8)
     assert stats["generation"]["generated"] == 8 and stats["work_units_resumed"] == 0

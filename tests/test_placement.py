@@ -114,6 +114,22 @@ def test_tensor_parallel_actor_gets_a_strict_pack_group_factory():
     assert executor_backend(eng(tensor_parallel_size=4)) == "ray"
 
 
+def test_vllm_engine_args_use_rays_executor_only_for_tensor_parallel():
+    """What the actor hands vLLM: the Ray executor (workers in the actor's placement
+    group) for tp > 1; vLLM's in-process executor otherwise. vLLM must accept both."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from m2l_ray.engines.vllm_engine import engine_args
+
+    tp4 = engine_args(eng(model="/models/big", tensor_parallel_size=4), seed=7)
+    assert tp4["distributed_executor_backend"] == "ray" and tp4["tensor_parallel_size"] == 4
+    one = engine_args(eng(model="/models/small"), seed=7)
+    assert one["distributed_executor_backend"] is None and one["tensor_parallel_size"] == 1
+    for args in (tp4, one):
+        parsed = AsyncEngineArgs(**args)
+        assert parsed.distributed_executor_backend == args["distributed_executor_backend"]
+
+
 # ------------------------------------------------------------------ real Ray, declared GPUs
 
 

@@ -206,18 +206,14 @@ def _label_batch(batch: Any, column: str, model_path: str, label_codes: dict[str
 
 def langid_command(args: argparse.Namespace) -> int:
     """``m2l langid``: returns the exit code."""
+    from m2l_ray.curation import langid
     from m2l_ray.curation.io import read_table_any, write_output
     from m2l_ray.languages import LanguageRegistry
 
     lid = _config("lid", {"model": args.model, "family": args.family}).lid
     family = lid.resolved_family()
     registry = LanguageRegistry.load()
-    label_codes = {}
-    for lang in registry:
-        label = lang.lid.get(family)
-        if label and label not in label_codes:
-            owner = registry.language_for_lid_label(label, family)
-            label_codes[label] = owner.code if owner is not None else lang.code
+    label_codes = langid.label_codes(registry, family)
     start = time.monotonic()
     _ray(args.num_cpus)
     ds = read_table_any(args.input)

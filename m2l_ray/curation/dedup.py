@@ -106,7 +106,8 @@ def _val(x: Any) -> Any:
     return ray.get(x) if isinstance(x, ray.ObjectRef) else x
 
 
-def _as_table(batch: Any) -> pa.Table:
+def as_table(batch: Any) -> pa.Table:
+    """A Ray Data batch (pyarrow, pandas or dict of arrays) as a pyarrow Table."""
     if isinstance(batch, pa.Table):
         return batch
     import pandas as pd
@@ -187,7 +188,7 @@ SIGNATURE_CHUNK = 512
 
 def _signature_batch(batch: Any, spec: TextSpec) -> pa.Table:
     """Per row: row id, node and band keys (the row's own columns are kept)."""
-    t = _as_table(batch)
+    t = as_table(batch)
     if t.num_rows <= SIGNATURE_CHUNK:
         return _signature_chunk(t, spec)
     return pa.concat_tables([_signature_chunk(t.slice(i, SIGNATURE_CHUNK), spec)
@@ -260,7 +261,7 @@ def _payload(t: pa.Table, spec: TextSpec) -> pa.Array:
 
 
 def _explode_bands(batch: Any) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     vals, off = _list_arrays(t.column("_bk"))
     node = _np(t.column(NODE), np.int64)
     return pa.table({"_bkey": vals.astype(np.int64),
@@ -276,7 +277,7 @@ def _bucket_edges(batch: Any) -> pa.Table:
     The block holds whole buckets (hash repartition by band key), so grouping is a
     sort. Edges come out deduplicated within the block.
     """
-    t = _as_table(batch)
+    t = as_table(batch)
     k = _np(t.column("_bkey"), np.int64)
     v = _np(t.column(NODE), np.int64)
     a, b = _star_edges(k, v)
@@ -366,7 +367,7 @@ def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.n
 def _attach_payload(batch: Any, side: str, threshold: float, mode: str) -> pa.Table:
     """Co-partitioned join, one side at a time: edges (tag 1) keyed by ``side`` get
     that endpoint's payload from the payload rows (tag 0) in the same block."""
-    t = _as_table(batch)
+    t = as_table(batch)
     tag = _np(t.column("t"), np.int8)
     k = _np(t.column("k"), np.int64)
     pvals, poffs = _list_arrays(t.column("pl"))
@@ -404,7 +405,7 @@ def _verify_distributed(edges: Any, sig: Any, nparts: int, threshold: float, mod
 
     def edge_rows(side: str):
         def fn(batch: Any) -> pa.Table:
-            t = _as_table(batch)
+            t = as_table(batch)
             n = t.num_rows
             pa_col = t.column("pa") if "pa" in t.column_names else pa.nulls(n, lt)
             return pa.table({"k": t.column(side), "a": t.column("a"), "b": t.column("b"),
@@ -413,7 +414,7 @@ def _verify_distributed(edges: Any, sig: Any, nparts: int, threshold: float, mod
         return fn
 
     def payload_rows(batch: Any) -> pa.Table:
-        t = _as_table(batch)
+        t = as_table(batch)
         t = t.filter(pc.greater(t.column("_nsh"), 0))  # rows without shingles have no edge
         n = t.num_rows
         zero = pa.array(np.zeros(n, np.int64))
@@ -456,7 +457,7 @@ def components_local(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def _large_star(batch: Any) -> pa.Table:
     """Per node u: link every larger neighbour to m(u) = min(u, neighbours)."""
-    t = _as_table(batch)
+    t = as_table(batch)
     u = _np(t.column("u"), np.int64)
     v = _np(t.column("v"), np.int64)
     u, v = _unique_pairs(u, v)  # sorted by (u, v)
@@ -473,7 +474,7 @@ def _large_star(batch: Any) -> pa.Table:
 
 def _small_star(batch: Any) -> pa.Table:
     """Per node u and its smaller neighbours N: link N and u to m = min(N)."""
-    t = _as_table(batch)
+    t = as_table(batch)
     u = _np(t.column("u"), np.int64)
     v = _np(t.column("v"), np.int64)
     # changes made by the large-star step travel in the same column, so that one
@@ -497,14 +498,14 @@ def _small_star(batch: Any) -> pa.Table:
 
 
 def _both_directions(batch: Any) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     a = _np(t.column("a"), np.int64)
     b = _np(t.column("b"), np.int64)
     return pa.table({"u": np.concatenate([a, b]), "v": np.concatenate([b, a])})
 
 
 def _max_min(batch: Any) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     a = _np(t.column("a"), np.int64)
     b = _np(t.column("b"), np.int64)
     out = {"u": np.maximum(a, b), "v": np.minimum(a, b)}
@@ -514,7 +515,7 @@ def _max_min(batch: Any) -> pa.Table:
 
 
 def _block_sum(batch: Any) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     return pa.table({"n": [int(pc.sum(t.column("changed")).as_py() or 0)],
                      "rows": [t.num_rows]})
 
@@ -547,7 +548,7 @@ def components_distributed(edges: Any, nparts: int, max_rounds: int = 100) -> tu
 
 def _assign_broadcast(batch: Any, nodes: np.ndarray, roots: np.ndarray, dup_nodes: np.ndarray,
                       dup_reps: np.ndarray, eligible_field: str | None) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     nodes, roots = _val(nodes), _val(roots)
     dup_nodes, dup_reps = _val(dup_nodes), _val(dup_reps)
     node = _np(t.column(NODE), np.int64)
@@ -582,7 +583,7 @@ def _assign_rows_distributed(batch: Any, dup_nodes: np.ndarray, dup_reps: np.nda
                              eligible_field: str | None) -> pa.Table:
     """Co-partitioned join: data rows (tag 1) take the root of their node from the
     assignment rows (tag 0) in the same block."""
-    t = _as_table(batch)
+    t = as_table(batch)
     tag = _np(t.column("_m2l_tag"), np.int8)
     a_rows = np.flatnonzero(tag == 0)
     d_rows = np.flatnonzero(tag == 1)
@@ -610,12 +611,12 @@ def _collect(ds: Any, columns: list[str]) -> pa.Table:
 
 
 def _only_eligible(batch: Any) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     return t.filter(t.column("_el")).select([NODE, ROW])
 
 
 def _several(batch: Any) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     return t.filter(pc.greater(t.column("n"), 1))
 
 
@@ -802,7 +803,7 @@ def dedup(
 
 
 def _no_rows(batch: Any) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     return (t.append_column(CLUSTER, pa.nulls(t.num_rows, pa.string()))
             .append_column(DUPLICATE, pa.array(np.zeros(t.num_rows, bool))))
 
@@ -834,7 +835,7 @@ def _count_duplicates(nodes: np.ndarray, roots: np.ndarray, dup_nodes: np.ndarra
 
 
 def _count_true(batch: Any) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     return pa.table({"n": [int(pc.sum(t.column(DUPLICATE).cast(pa.int64())).as_py() or 0)]})
 
 
@@ -863,7 +864,7 @@ def _verify_on_driver(a: np.ndarray, b: np.ndarray, sig: Any, threshold: float, 
 
 
 def _select_nodes(batch: Any, want: np.ndarray, spec: TextSpec) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     hit, _ = _lookup(_val(want), _np(t.column(NODE), np.int64))
     t = t.filter(pa.array(hit))
     return pa.table({NODE: t.column(NODE), "_pl": _payload(t, spec)})
@@ -876,14 +877,14 @@ def _assign_join(indexed: Any, stars: Any, nparts: int, dup_nodes: np.ndarray,
     schema = pa.schema([f for f in indexed.schema().base_schema if f.name not in drop])
 
     def data_rows(batch: Any) -> pa.Table:
-        t = _as_table(batch)
+        t = as_table(batch)
         t = t.drop_columns([c for c in drop if c in t.column_names])
         n = t.num_rows
         return (t.append_column("_m2l_tag", pa.array(np.ones(n, np.int8)))
                 .append_column("_m2l_root", pa.array(np.zeros(n, np.int64))))
 
     def star_rows(batch: Any) -> pa.Table:
-        t = _as_table(batch)
+        t = as_table(batch)
         leaf = _np(t.column("a"), np.int64)
         root = _np(t.column("b"), np.int64)
         centre = np.unique(root)

@@ -132,6 +132,18 @@ def judge_turn(text: str, plan: LangPlan | None, model: LidModel | None, cfg: Li
     return TurnLid(label, score, expected, reason)
 
 
+def label_codes(registry: Any, family: str) -> dict[str, str]:
+    """Every label of a LID model family -> the registry code that owns it (computed once
+    per job on the driver, so workers don't walk the registry per row)."""
+    out: dict[str, str] = {}
+    for lang in registry:
+        label = lang.lid.get(family)
+        if label and label not in out:
+            owner = registry.language_for_lid_label(label, family)
+            out[label] = owner.code if owner is not None else lang.code
+    return out
+
+
 def label_code(label: str | None, registry: Any, family: str) -> str | None:
     """Registry code for a predicted label (``__label__sw`` -> ``sw``), else the bare label."""
     if label is None:

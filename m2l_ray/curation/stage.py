@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from m2l_ray.curation import heuristics, langid
 from m2l_ray.curation.config import CurationConfig, HeuristicsConfig, LidConfig
-from m2l_ray.curation.dedup import CLUSTER, DUPLICATE, dedup
+from m2l_ray.curation.dedup import CLUSTER, DUPLICATE, as_table, dedup
 from m2l_ray.curation.textnorm import turns as conversation_turns
 
 GENERATION_FAILED = "generation_failed"
@@ -148,19 +148,14 @@ def _language_codes(ds: Any) -> list[str]:
 
 
 def _codes_block(batch: Any) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     codes = pc.unique(t.column("language_code").drop_null()).to_pylist() if t.num_rows else []
     return pa.table({"code": pa.array(codes, pa.string())})
 
 
 def _context(cfg: CurationConfig, registry: Any, codes: list[str]) -> _Context:
     family = cfg.lid.resolved_family()
-    label_codes = {}
-    for lang in registry:
-        label = lang.lid.get(family)
-        if label and label not in label_codes:
-            owner = registry.language_for_lid_label(label, family)
-            label_codes[label] = owner.code if owner is not None else lang.code
+    label_codes = langid.label_codes(registry, family)
     heur_plans = {}
     for code in codes:
         heur_plans[code] = heuristics.build_plan(cfg.heuristics, registry.resolve(code))
@@ -181,16 +176,6 @@ def _context(cfg: CurationConfig, registry: Any, codes: list[str]) -> _Context:
 
 
 # ---------------------------------------------------------------------- workers
-
-
-def _as_table(batch: Any) -> pa.Table:
-    if isinstance(batch, pa.Table):
-        return batch
-    import pandas as pd
-
-    if isinstance(batch, pd.DataFrame):
-        return pa.Table.from_pandas(batch, preserve_index=False)
-    return pa.table(batch)
 
 
 _RANK = {r: i for i, r in enumerate(REASON_ORDER)}
@@ -229,7 +214,7 @@ def _check_row(status: str | None, conversation: Any, code: str | None, ctx: _Co
 
 
 def _check_batch(batch: Any, ctx: _Context) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     model = langid.load_model(ctx.model_path) if ctx.model_path else None
     status = t.column("status").to_pylist()
     convs = t.column("conversation").to_pylist()
@@ -268,14 +253,14 @@ def _drop(t: pa.Table, names: list[str]) -> pa.Table:
 
 
 def _no_dedup(batch: Any) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     t = _drop(t, [CLUSTER, DUPLICATE])
     return (t.append_column(CLUSTER, pa.nulls(t.num_rows, pa.string()))
             .append_column(DUPLICATE, pa.array([False] * t.num_rows)))
 
 
 def _finalize_batch(batch: Any, annotate_only: bool) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     pre = t.column(PRE_REASON).to_pylist()
     pre_turn = t.column(PRE_TURN).to_pylist()
     dup = t.column(DUPLICATE).to_pylist()
@@ -304,7 +289,7 @@ def _finalize_batch(batch: Any, annotate_only: bool) -> pa.Table:
 
 
 def _select(batch: Any, dropped: bool, drop: list[str]) -> pa.Table:
-    t = _as_table(batch)
+    t = as_table(batch)
     mask = pc.is_valid(t.column("drop_reason"))
     if not dropped:
         mask = pc.invert(mask)
@@ -314,7 +299,7 @@ def _select(batch: Any, dropped: bool, drop: list[str]) -> pa.Table:
 def _count_block(batch: Any) -> pa.Table:
     """Counts of one block: (language, key, n) with keys rows, ok, kept, dedup_in,
     drop:<reason> and flag:<reason> (a row counts once per reason)."""
-    t = _as_table(batch)
+    t = as_table(batch)
     c: Counter[tuple[str, str]] = Counter()
     codes = t.column("language_code").to_pylist()
     reasons = t.column("drop_reason").to_pylist()

@@ -16,6 +16,7 @@ from typing import Any
 from m2l_ray.config import EngineConfig
 from m2l_ray.engines.base import Completion, EngineDead, RequestFailed, StepParams
 from m2l_ray.model_cache import resolve_model
+from m2l_ray.placement import executor_backend
 
 
 def engine_args(cfg: EngineConfig, seed: int) -> dict[str, Any]:
@@ -25,6 +26,8 @@ def engine_args(cfg: EngineConfig, seed: int) -> dict[str, Any]:
         "max_model_len": cfg.max_model_len,
         "max_num_seqs": cfg.max_num_seqs,
         "tensor_parallel_size": cfg.tensor_parallel_size,
+        # tp > 1: Ray workers inside the actor's STRICT_PACK placement group (placement.py)
+        "distributed_executor_backend": executor_backend(cfg),
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "dtype": cfg.dtype,
         "enforce_eager": cfg.enforce_eager,

@@ -1,0 +1,72 @@
+"""Progress lines and the generation pool's sizing (no Ray, no engine)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from m2l_ray.config import EngineConfig
+from m2l_ray.generate import ASYNC_BATCHES_PER_TASK, pool_settings
+from m2l_ray.progress import Progress
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_lines_at_the_interval_with_rate_and_eta():
+    clock, lines = FakeClock(), []
+    p = Progress("generate", 10, interval=5, emit=lines.append, clock=clock)
+    clock.t += 2
+    p.update(done=1, tokens=100)
+    assert lines == []  # inside the interval
+    clock.t += 3
+    p.update(done=1, failed=1, tokens=150)
+    assert lines == ["[generate] 2/10 conversations (20%), 1 failed, 50 generated tok/s, "
+                     "elapsed 0m05s, ETA 0m20s"]
+    p.update(force=True)
+    assert len(lines) == 2
+
+
+def test_heartbeat_emits_while_no_result_arrives():
+    lines: list[str] = []
+    p = Progress("generate", 4, interval=0.2, emit=lines.append)
+    with p.heartbeat():
+        time.sleep(1.1)  # a slow first block: nothing reports, the heartbeat does
+    n = len(lines)
+    assert 3 <= n <= 7, lines
+    assert all(line.startswith("[generate] 0/4 conversations (0%)") for line in lines)
+    assert lines[0].endswith("ETA ?")
+    time.sleep(0.5)
+    assert len(lines) == n  # the thread stopped with the block
+    assert not [t for t in threading.enumerate() if t.name == "progress-generate"]
+
+
+def test_heartbeat_and_results_count_once():
+    lines: list[str] = []
+    p = Progress("generate", 400, interval=0.05, emit=lines.append)
+    with p.heartbeat():
+        for _ in range(400):
+            p.update(done=1, tokens=3)
+    p.update(force=True)
+    assert p.done == 400 and p.tokens == 1200
+    assert lines[-1].startswith("[generate] 400/400 conversations (100%)")
+
+
+def test_pool_gives_every_engine_a_block_on_a_small_job():
+    cfg = EngineConfig(batch_size=4, max_num_seqs=32)
+    block = 4 * ASYNC_BATCHES_PER_TASK
+    one = pool_settings(cfg, rows=block, actors=1)
+    assert one["num_blocks"] == 1 and one["block_rows"] == block
+    four = pool_settings(cfg, rows=block, actors=4)
+    assert four["num_blocks"] == 4  # not one block for four engines
+    assert pool_settings(cfg, rows=2, actors=4)["num_blocks"] == 2  # never empty blocks
+    big = pool_settings(cfg, rows=100 * block, actors=4)
+    assert big["num_blocks"] == 100
+    # ~1.5x the engine's batch in flight: 48 requests over blocks of `block` rows
+    assert big["tasks_in_flight_per_actor"] * block >= 48
+    assert pool_settings(cfg, rows=10, engine_capacity=8)["tasks_in_flight_per_actor"] * block >= 12
