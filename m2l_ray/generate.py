@@ -71,14 +71,16 @@ def pool_settings(
     """Block size and tasks in flight so that each engine sees ~1.5x its capacity in requests.
 
     Capacity: vLLM's max_num_seqs, or the openai engine's per-actor in-flight bound.
-    At least one block per actor (when there are enough rows): a small job on a big
-    pool would otherwise leave engines idle while one works through every block.
+    A small job is cut into at least actors x tasks-in-flight blocks (when there are
+    enough rows): Ray Data hands blocks to the actor on the blocks' own node (the
+    driver's) until it holds its tasks-in-flight limit, so fewer blocks than that
+    would all go to one engine and the others would sit idle and be released.
     """
     capacity = engine_capacity or cfg.max_num_seqs
     block_rows = cfg.batch_size * ASYNC_BATCHES_PER_TASK
     in_flight = max(1, math.ceil(1.5 * capacity / block_rows))
     return {
         "block_rows": block_rows,
-        "num_blocks": max(1, math.ceil(rows / block_rows), min(rows, actors)),
+        "num_blocks": max(1, math.ceil(rows / block_rows), min(rows, actors * in_flight)),
         "tasks_in_flight_per_actor": in_flight,
     }

@@ -206,8 +206,11 @@ def cluster():
 # ------------------------------------------------------------------ jobs
 
 
-def small_sets(out: Path, languages: Sequence[str], tasks: Sequence[str], actors: int) -> list[str]:
-    """--set overrides that make jobs/local.yaml small (one seed per language x task)."""
+def small_sets(out: Path, languages: Sequence[str], tasks: Sequence[str], actors: int,
+               seqs: int = 2) -> list[str]:
+    """--set overrides that make jobs/local.yaml small (one seed per language x task).
+
+    seqs 2: one block of 4 conversations in flight per engine, so blocks run in order."""
     sets = {
         "seeds.languages": f"[{','.join(languages)}]",
         "seeds.tasks": f"[{','.join(tasks)}]",
@@ -218,7 +221,7 @@ def small_sets(out: Path, languages: Sequence[str], tasks: Sequence[str], actors
         "engine.resources.m2l_engine": "1",  # one engine per node
         "engine.cpu_kvcache_gb": "1",
         "engine.batch_size": "1",  # blocks of 4 conversations
-        "engine.max_num_seqs": "2",  # one block in flight per actor: blocks run in order
+        "engine.max_num_seqs": str(seqs),
         "engine.sampling.temperature": "0",
         "engine.sampling.max_tokens": "96",
         "engine.sampling.evolve_max_tokens": "64",
@@ -319,7 +322,11 @@ def test_ray_job_submit_as_documented_runs_on_two_nodes(cluster):
         [RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
          "--runtime-env", "jobs/runtime_env.local.yaml", "--",
          "python", "jobs/run.py", "--config", "jobs/local.yaml",
-         *small_sets(out, ["en", "es", "fr", "id"], ["question_answering", "open_ended"], actors=2)],
+         # seqs 4: 2 blocks in flight per engine, as many as the job's 8 conversations
+         # fill at 4 per block: every block would go to the engine on the driver's node
+         # unless the job is cut into enough blocks for both
+         *small_sets(out, ["en", "es", "fr", "id"], ["question_answering", "open_ended"], actors=2,
+                     seqs=4)],
         cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT,
     )
     print(f"[multinode] ray job submit: {time.monotonic() - t0:.0f}s")

@@ -57,16 +57,17 @@ def test_heartbeat_and_results_count_once():
     assert lines[-1].startswith("[generate] 400/400 conversations (100%)")
 
 
-def test_pool_gives_every_engine_a_block_on_a_small_job():
+def test_pool_gives_every_engine_its_share_of_blocks_on_a_small_job():
     cfg = EngineConfig(batch_size=4, max_num_seqs=32)
-    block = 4 * ASYNC_BATCHES_PER_TASK
-    one = pool_settings(cfg, rows=block, actors=1)
-    assert one["num_blocks"] == 1 and one["block_rows"] == block
-    four = pool_settings(cfg, rows=block, actors=4)
-    assert four["num_blocks"] == 4  # not one block for four engines
-    assert pool_settings(cfg, rows=2, actors=4)["num_blocks"] == 2  # never empty blocks
+    block = 4 * ASYNC_BATCHES_PER_TASK  # 16 rows
+    k = pool_settings(cfg, rows=1)["tasks_in_flight_per_actor"]
+    assert k * block >= 48  # ~1.5x the engine's batch in flight
+    assert pool_settings(cfg, rows=40, actors=1)["num_blocks"] == 3
+    # 2 engines: the local one would take all 3 blocks of 16 (its limit is k=3); cut
+    # finer so that each engine gets k blocks
+    two = pool_settings(cfg, rows=40, actors=2)
+    assert two["num_blocks"] == 2 * k
+    assert pool_settings(cfg, rows=4, actors=2)["num_blocks"] == 4  # never empty blocks
     big = pool_settings(cfg, rows=100 * block, actors=4)
-    assert big["num_blocks"] == 100
-    # ~1.5x the engine's batch in flight: 48 requests over blocks of `block` rows
-    assert big["tasks_in_flight_per_actor"] * block >= 48
+    assert big["num_blocks"] == 100  # large jobs: blocks of block_rows
     assert pool_settings(cfg, rows=10, engine_capacity=8)["tasks_in_flight_per_actor"] * block >= 12
