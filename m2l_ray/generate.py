@@ -44,11 +44,18 @@ def make_engine(job: JobConfig) -> Engine:
 class ConversationGenerator:
     """Ray Data UDF: owns one engine; turns planned rows into conversation rows."""
 
-    def __init__(self, cfg: JobConfig) -> None:
+    def __init__(self, cfg: JobConfig, counter: Any = None) -> None:
         from m2l_ray.context import build_synthesizer
 
         self.engine = make_engine(cfg)
         self.synth = build_synthesizer(cfg, self.engine)
+        self.counter = counter  # progress.LiveCounter actor handle, or None
+
+    async def _run(self, p: PlannedConversation) -> dict[str, Any]:
+        row = await self.synth.run(p)
+        if self.counter is not None:  # fire-and-forget: progress only
+            self.counter.add.remote(1, int(row["status"] != "ok"), int(row["completion_tokens"] or 0))
+        return row
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -56,7 +63,7 @@ class ConversationGenerator:
             PlannedConversation(**{**r, "task_evols": tuple(r["task_evols"])}) for r in rows
         ]
         try:
-            results = await asyncio.gather(*(self.synth.run(p) for p in planned))
+            results = await asyncio.gather(*(self._run(p) for p in planned))
         except EngineDead as e:
             # Retrying on a dead engine loops forever; dying lets Ray start a fresh actor
             # (bounded by engine restarts) and retry this block there.

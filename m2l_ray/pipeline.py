@@ -35,7 +35,7 @@ from m2l_ray.config import JobConfig
 from m2l_ray.context import JobContext, check_seed_languages, prepare
 from m2l_ray.errors import M2LError
 from m2l_ray.plan import PlannedConversation, plan, select
-from m2l_ray.progress import Progress
+from m2l_ray.progress import LiveCounter, Progress, live_poller
 from m2l_ray.schema import RAW_SCHEMA
 from m2l_ray.seeds import read_seeds
 from m2l_ray.usage import usage_summary
@@ -246,11 +246,12 @@ def generate(
          f"({cfg.engine.kind}, {cfg.engine.model}, {'GPU' if actors.gpus_per_actor else 'CPU'}), "
          f"{settings['num_blocks']} blocks of <= {-(-len(todo) // settings['num_blocks'])}, "
          f"up to {settings['tasks_in_flight_per_actor']} in flight per actor")
+    counter = ray.remote(num_cpus=0)(LiveCounter).remote()  # engines' finished conversations
     ds = ray.data.from_items([p.to_row() for p in todo], override_num_blocks=settings["num_blocks"])
     k = settings["tasks_in_flight_per_actor"]
     out = ds.map_batches(
         ConversationGenerator,
-        fn_constructor_kwargs={"cfg": cfg},
+        fn_constructor_kwargs={"cfg": cfg, "counter": counter},
         batch_size=cfg.engine.batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(
@@ -264,6 +265,7 @@ def generate(
     pending: dict[int, dict[str, dict]] = defaultdict(dict)
     expected = {u: len(ps) for u, ps in units.items()}
     prog = Progress("generate", len(todo), cfg.output.progress_seconds, emit)
+    prog.live = live_poller(counter)
     finished: set[int] = set()
     requests = 0
     # prefetch_batches=0: a finished block reaches this loop (and raw/) as soon as it exists
@@ -283,6 +285,8 @@ def generate(
                 failed=sum(r["status"] != "ok" for r in rows),
                 tokens=sum(r["completion_tokens"] for r in rows),
             )
+    ray.kill(counter)
+    prog.drop_live()  # the last line: rows returned, exact
     prog.update(force=True)
     if pending:
         raise M2LError(f"generation ended with incomplete units {sorted(pending)[:5]}; rerun to resume")

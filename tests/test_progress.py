@@ -71,3 +71,42 @@ def test_pool_gives_every_engine_its_share_of_blocks_on_a_small_job():
     big = pool_settings(cfg, rows=100 * block, actors=4)
     assert big["num_blocks"] == 100  # large jobs: blocks of block_rows
     assert pool_settings(cfg, rows=10, engine_capacity=8)["tasks_in_flight_per_actor"] * block >= 12
+
+
+def test_live_counts_move_the_line_between_blocks_and_never_the_summary():
+    clock, lines = FakeClock(), []
+    p = Progress("generate", 40, interval=5, emit=lines.append, clock=clock)
+    live = [(0, 0, 0)]
+    p.live = lambda: live[0]
+    clock.t += 60
+    live[0] = (10, 2, 3000)  # engines finished 10; no block has returned yet
+    p.poll_live()
+    p.update(force=True)
+    assert lines[-1] == ("[generate] 10/40 conversations (25%), 2 failed, 50 generated tok/s, "
+                         "elapsed 1m00s, ETA 3m00s")
+    assert (p.done, p.failed, p.tokens) == (0, 0, 0)  # the summary's counts: returned rows
+    clock.t += 60
+    p.update(done=16, failed=3, tokens=4800, force=True)  # a block returned: ahead of live
+    assert lines[-1].startswith("[generate] 16/40 conversations (40%), 3 failed, 40 generated tok/s")
+    live[0] = (45, 0, 0)  # a retried block counted twice: never past the total
+    p.poll_live()
+    p.update(force=True)
+    assert lines[-1].startswith("[generate] 40/40 conversations (100%)")
+
+    def broken():
+        raise TimeoutError("counter gone")
+
+    p.live = broken
+    p.poll_live()  # display only: a dead counter is skipped
+    p.drop_live()
+    p.update(force=True)
+    assert lines[-1].startswith("[generate] 16/40 conversations (40%), 3 failed")
+
+
+def test_live_counter_sums_reports():
+    from m2l_ray.progress import LiveCounter
+
+    c = LiveCounter()
+    c.add(1, 0, 120)
+    c.add(1, 1, 80)
+    assert c.get() == (2, 1, 200)
