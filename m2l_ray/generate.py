@@ -84,10 +84,11 @@ def pool_settings(
     would all go to one engine and the others would sit idle and be released.
     """
     capacity = engine_capacity or cfg.max_num_seqs
-    block_rows = cfg.batch_size * ASYNC_BATCHES_PER_TASK
-    in_flight = max(1, math.ceil(1.5 * capacity / block_rows))
+    target = cfg.batch_size * ASYNC_BATCHES_PER_TASK
+    in_flight = max(1, math.ceil(1.5 * capacity / target))
+    num_blocks = max(1, math.ceil(rows / target), min(rows, actors * in_flight))
     return {
-        "block_rows": block_rows,
-        "num_blocks": max(1, math.ceil(rows / block_rows), min(rows, actors * in_flight)),
+        "block_rows": math.ceil(rows / num_blocks),  # at most, as Ray Data splits the rows
+        "num_blocks": num_blocks,
         "tasks_in_flight_per_actor": in_flight,
     }

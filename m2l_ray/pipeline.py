@@ -244,7 +244,7 @@ def generate(
     settings = pool_settings(cfg.engine, len(todo), _in_flight_per_actor(cfg), n_actors)
     emit(f"[generate] {len(todo)} conversations on {n_actors} engine actor(s) "
          f"({cfg.engine.kind}, {cfg.engine.model}, {'GPU' if actors.gpus_per_actor else 'CPU'}), "
-         f"{settings['num_blocks']} blocks of <= {-(-len(todo) // settings['num_blocks'])}, "
+         f"{settings['num_blocks']} blocks of <= {settings['block_rows']}, "
          f"up to {settings['tasks_in_flight_per_actor']} in flight per actor")
     counter = ray.remote(num_cpus=0)(LiveCounter).remote()  # engines' finished conversations
     ds = ray.data.from_items([p.to_row() for p in todo], override_num_blocks=settings["num_blocks"])

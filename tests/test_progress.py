@@ -62,14 +62,15 @@ def test_pool_gives_every_engine_its_share_of_blocks_on_a_small_job():
     block = 4 * ASYNC_BATCHES_PER_TASK  # 16 rows
     k = pool_settings(cfg, rows=1)["tasks_in_flight_per_actor"]
     assert k * block >= 48  # ~1.5x the engine's batch in flight
-    assert pool_settings(cfg, rows=40, actors=1)["num_blocks"] == 3
+    one = pool_settings(cfg, rows=40, actors=1)
+    assert (one["num_blocks"], one["block_rows"]) == (3, 14)
     # 2 engines: the local one would take all 3 blocks of 16 (its limit is k=3); cut
     # finer so that each engine gets k blocks
     two = pool_settings(cfg, rows=40, actors=2)
-    assert two["num_blocks"] == 2 * k
+    assert two["num_blocks"] == 2 * k and two["block_rows"] == -(-40 // (2 * k))
     assert pool_settings(cfg, rows=4, actors=2)["num_blocks"] == 4  # never empty blocks
     big = pool_settings(cfg, rows=100 * block, actors=4)
-    assert big["num_blocks"] == 100  # large jobs: blocks of block_rows
+    assert (big["num_blocks"], big["block_rows"]) == (100, block)  # large jobs: full blocks
     assert pool_settings(cfg, rows=10, engine_capacity=8)["tasks_in_flight_per_actor"] * block >= 12
 
 
