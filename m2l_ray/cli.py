@@ -23,6 +23,12 @@ def _run(args: argparse.Namespace) -> int:
     from m2l_ray.pipeline import RunOptions, run
 
     cfg = load_config(args.config, args.set or ())
+    if args.ray_progress:
+        import os
+
+        from m2l_ray.pipeline import RAY_PROGRESS_ENV
+
+        os.environ[RAY_PROGRESS_ENV] = "1"
     run(cfg, RunOptions(ray_address=args.address, force_lock=args.force_lock))
     return 0
 
@@ -67,9 +73,9 @@ def _prepare_model(args: argparse.Namespace) -> int:
 
 
 def _s3_server(args: argparse.Namespace) -> int:
-    from m2l_ray.s3server import main as s3_main
+    from m2l_ray.s3server import serve
 
-    return s3_main(args.rest) or 0
+    return serve(args) or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     r.add_argument("--force-lock", action="store_true",
                    help="take over the output lock of a run that is known to be dead")
+    r.add_argument("--ray-progress", action="store_true",
+                   help="also show Ray Data's own per-operator progress (or set M2L_RAY_PROGRESS=1)")
     r.set_defaults(func=_run)
 
     v = sub.add_parser("validate", help="check a config and print the plan, without Ray")
@@ -94,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_prepare_model)
 
     s = sub.add_parser("s3-server", help="start a local S3-compatible server (SeaweedFS)",
-                       add_help=False)
-    s.add_argument("rest", nargs=argparse.REMAINDER)
+                       description="Run a local S3-compatible server (SeaweedFS) for m2l-ray.")
+    from m2l_ray.s3server import add_arguments as s3_arguments
+
+    s3_arguments(s)
     s.set_defaults(func=_s3_server)
 
     from m2l_ray.curation.cli import register

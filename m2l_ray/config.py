@@ -87,6 +87,8 @@ class EngineConfig:
     resources: Mapping[str, float] = field(default_factory=dict)  # custom Ray resources per actor
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     evol_attempts: int = 2  # evol types tried before a seed's evolution counts as failed
+    stall_seconds: float = 900.0  # no request finished for this long: the stage fails (watchdog)
+    start_seconds: float = 1800.0  # no engine up this long after the stage started: it fails
     # openai engine (see engines/openai_engine.py)
     base_url: str | None = None
     api_key_env: str | None = None
@@ -125,13 +127,14 @@ class JobConfig:
         """Stable hash of what determines the output, not of where or how fast it is made.
 
         Left out: output location, storage endpoint, progress interval, actor count and
-        resources, and the openai engine's server address, key variable and rate limits,
+        resources, the watchdog limits, and the openai engine's server address, key variable and rate limits,
         so that moving a job or tuning its throughput still resumes the same dataset.
         """
         d = self.to_dict()
         d["output"] = {k: v for k, v in d["output"].items() if k not in ("uri", "progress_seconds")}
         d.pop("storage", None)
-        for k in ("base_url", "api_key_env", "openai", "num_actors", "resources"):
+        for k in ("base_url", "api_key_env", "openai", "num_actors", "resources", "stall_seconds",
+                  "start_seconds"):
             d["engine"].pop(k, None)
         blob = json.dumps(d, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -283,7 +286,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str | None = None) -> JobCo
 _ENGINE_KEYS = {
     "kind", "model", "max_model_len", "max_num_seqs", "tensor_parallel_size", "num_actors",
     "gpu_memory_utilization", "dtype", "cpu_kvcache_gb", "enforce_eager", "batch_size", "sampling",
-    "evol_attempts", "base_url", "api_key_env", "extra", "openai", "resources",
+    "evol_attempts", "stall_seconds", "start_seconds", "base_url", "api_key_env", "extra", "openai", "resources",
 }
 _SAMPLING_KEYS = {
     "temperature", "top_p", "max_tokens", "evolve_max_tokens", "user_turn_max_tokens",
@@ -338,6 +341,8 @@ def _engine(r: _Reader, e: Mapping[str, Any]) -> EngineConfig:
         batch_size=r.positive(e, "batch_size", "engine", d.batch_size),
         sampling=sampling,
         evol_attempts=r.positive(e, "evol_attempts", "engine", d.evol_attempts),
+        stall_seconds=float(r.number(e, "stall_seconds", "engine", d.stall_seconds)),
+        start_seconds=float(r.number(e, "start_seconds", "engine", d.start_seconds)),
         base_url=r.typed(e, "base_url", str, "engine", None),
         api_key_env=r.typed(e, "api_key_env", str, "engine", None),
         extra=dict(r.mapping(e, "extra", "engine.extra")),
@@ -347,6 +352,9 @@ def _engine(r: _Reader, e: Mapping[str, Any]) -> EngineConfig:
     for k, v in cfg.resources.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             raise ConfigError(f"engine.resources.{k}", f"must be a positive number, got {v!r}", r.source)
+    for knob in ("stall_seconds", "start_seconds"):
+        if getattr(cfg, knob) <= 0:
+            raise ConfigError(f"engine.{knob}", f"must be > 0 seconds, got {getattr(cfg, knob):g}", r.source)
     if not 0 < cfg.gpu_memory_utilization <= 1:
         raise ConfigError("engine.gpu_memory_utilization", "must be in (0, 1]", r.source)
     if sampling.max_tokens >= cfg.max_model_len:

@@ -13,13 +13,19 @@ import asyncio
 import logging
 import math
 import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 
 from m2l_ray.config import EngineConfig, JobConfig
-from m2l_ray.engines.base import Engine, EngineDead
+from m2l_ray.engines.base import Completion, Engine, EngineDead, RequestFailed, StepParams
 from m2l_ray.plan import PlannedConversation
+from m2l_ray.progress import EngineTally
 from m2l_ray.schema import RAW_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -41,23 +47,95 @@ def make_engine(job: JobConfig) -> Engine:
     raise ValueError(f"unknown engine kind {job.engine.kind}")
 
 
+class _CountedEngine:
+    """The actor's engine, counting every finished request into the actor's tally.
+
+    The Synthesizer sends every step through ``chat``, so this one wrapper sees every
+    request of every conversation whatever the engine kind.
+    """
+
+    def __init__(self, engine: Engine, tally: EngineTally) -> None:
+        self.engine = engine
+        self.kind = engine.kind
+        self.model = engine.model
+        self.tally = tally
+        self.by_seed: dict[str, int] = defaultdict(int)  # requests per conversation so far
+        self.finished_tokens = 0
+
+    async def chat(
+        self, messages: Sequence[dict[str, str]], params: StepParams, request_id: str
+    ) -> Completion:
+        try:
+            c = await self.engine.chat(messages, params, request_id)
+        except RequestFailed:
+            self._count(request_id, 0)
+            raise
+        self._count(request_id, c.completion_tokens)
+        return c
+
+    def _count(self, request_id: str, tokens: int) -> None:
+        self.tally.requests += 1
+        self.by_seed[request_id.split(":", 1)[0]] += 1
+        self.finished_tokens += tokens
+        self.tally.finished_tokens = self.finished_tokens
+        # engines that stream (vLLM) count tokens as they come; the others when done
+        self.tally.tokens = max(self.finished_tokens, getattr(self.engine, "generated_tokens", 0))
+
+    def close(self) -> None:
+        self.engine.close()
+
+
 class ConversationGenerator:
-    """Ray Data UDF: owns one engine; turns planned rows into conversation rows."""
+    """Ray Data UDF: owns one engine; turns planned rows into conversation rows.
+
+    It reports to the job's ``LiveCounter``: once when its engine is up (with the
+    engine's note, e.g. the dtype it chose), then a snapshot of its tally at most
+    every ``REPORT_SECONDS`` while requests finish or tokens stream.
+    """
+
+    REPORT_SECONDS = 1.0
 
     def __init__(self, cfg: JobConfig, counter: Any = None) -> None:
         from m2l_ray.context import build_synthesizer
 
-        self.engine = make_engine(cfg)
+        t0 = time.monotonic()
+        engine = make_engine(cfg)
+        self.tally = EngineTally()
+        self.engine = _CountedEngine(engine, self.tally)
         self.synth = build_synthesizer(cfg, self.engine)
         self.counter = counter  # progress.LiveCounter actor handle, or None
+        self.actor_id = uuid.uuid4().hex
+        self._reporter: asyncio.Task[None] | None = None
+        note = getattr(engine, "note", "")
+        if note:
+            log.info("engine up: %s", note)
+        if counter is not None:
+            counter.engine_ready.remote({
+                "node": _node_name(), "load_seconds": round(time.monotonic() - t0, 1),
+                "note": note,
+            })
+
+    async def _report_loop(self) -> None:
+        """Send the tally when it changed; streamed tokens change it between requests."""
+        sent: dict[str, int] = {}
+        while True:
+            self.tally.tokens = max(self.tally.tokens, getattr(self.engine.engine, "generated_tokens", 0))
+            now = self.tally.to_dict()
+            if now != sent:
+                self.counter.report.remote(self.actor_id, now)  # fire-and-forget: progress only
+                sent = now
+            await asyncio.sleep(self.REPORT_SECONDS)
 
     async def _run(self, p: PlannedConversation) -> dict[str, Any]:
         row = await self.synth.run(p)
-        if self.counter is not None:  # fire-and-forget: progress only
-            self.counter.add.remote(1, int(row["status"] != "ok"), int(row["completion_tokens"] or 0))
+        self.tally.conversations += 1
+        self.tally.failed += int(row["status"] != "ok")
+        self.tally.plan_delta += self.engine.by_seed.pop(p.seed_id, 0) - planned_requests(p)
         return row
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.counter is not None and self._reporter is None:
+            self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
         rows = batch.to_pylist()
         planned = [
             PlannedConversation(**{**r, "task_evols": tuple(r["task_evols"])}) for r in rows
@@ -70,6 +148,21 @@ class ConversationGenerator:
             log.error("vLLM engine died (%s); exiting the actor so Ray replaces it", e)
             os._exit(1)
         return pa.Table.from_pylist(list(results), schema=RAW_SCHEMA)
+
+
+def _node_name() -> str:
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - a label for the log only
+        return socket.gethostname()
+
+
+def planned_requests(p: PlannedConversation) -> int:
+    """Requests a conversation needs when nothing fails: an evolution and an answer for
+    the first turn, a user message and an answer for each further turn."""
+    return 2 * p.turns
 
 
 def pool_settings(

@@ -18,12 +18,14 @@ import json
 import logging
 import math
 import os
+import queue
 import re
 import socket
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,9 +205,26 @@ def _read_raw(store: Any, unit_ids: Sequence[int]) -> pa.Table:
 # ------------------------------------------------------------------ generation
 
 
+#: set to 1 (or pass ``m2l run --ray-progress``) to see Ray Data's own per-operator progress
+RAY_PROGRESS_ENV = "M2L_RAY_PROGRESS"
+
+
+def ray_data_progress(show: bool | None = None) -> None:
+    """Ray Data's progress bars and execution logs are off unless asked for: they count
+    blocks, which sit still while a block's conversations run, so they read as a hang
+    beside our own lines."""
+    from ray.data import DataContext
+
+    if show is None:
+        show = os.environ.get(RAY_PROGRESS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    DataContext.get_current().enable_progress_bars = show
+    logging.getLogger("ray.data").setLevel(logging.INFO if show else logging.WARNING)
+
+
 def ray_init(address: str | None = None) -> None:
     import ray
 
+    ray_data_progress()
     if ray.is_initialized():
         return
     # No address: a fresh local instance, never a stray `ray start` cluster on the same
@@ -230,11 +249,18 @@ def generate(
     store: Any,
     emit: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Stream conversations out of the actor pool; write each unit the moment it completes."""
+    """Stream conversations out of the actor pool; write each unit the moment it completes.
+
+    The driver's main thread owns progress and the stall watchdog; a reader thread only
+    moves finished blocks from Ray Data into a queue. Ray Data's own no-progress timeout
+    is off for this dataset: a block of long multi-turn conversations on slow hardware
+    legitimately runs longer than its 30 minutes, and only the engines' finished
+    requests say whether the work moves.
+    """
     import ray
     from ray.data import ActorPoolStrategy
 
-    from m2l_ray.generate import ConversationGenerator, pool_settings
+    from m2l_ray.generate import ConversationGenerator, planned_requests, pool_settings
     from m2l_ray.placement import preflight
 
     cfg = ctx.cfg
@@ -242,11 +268,13 @@ def generate(
     actors = preflight(cfg.engine)  # per node: an engine (or tensor-parallel group) fits on one node
     n_actors = actors.actors
     settings = pool_settings(cfg.engine, len(todo), _in_flight_per_actor(cfg), n_actors)
-    emit(f"[generate] {len(todo)} conversations on {n_actors} engine actor(s) "
-         f"({cfg.engine.kind}, {cfg.engine.model}, {'GPU' if actors.gpus_per_actor else 'CPU'}), "
+    planned = sum(planned_requests(p) for p in todo)
+    emit(f"[generate] {len(todo)} conversations ({planned} requests if none fails) on {n_actors} "
+         f"engine actor(s) ({cfg.engine.kind}, {cfg.engine.model}, "
+         f"{'GPU' if actors.gpus_per_actor else 'CPU'}), "
          f"{settings['num_blocks']} blocks of <= {settings['block_rows']}, "
          f"up to {settings['tasks_in_flight_per_actor']} in flight per actor")
-    counter = ray.remote(num_cpus=0)(LiveCounter).remote()  # engines' finished conversations
+    counter = ray.remote(num_cpus=0)(LiveCounter).remote()  # engines' live tallies
     ds = ray.data.from_items([p.to_row() for p in todo], override_num_blocks=settings["num_blocks"])
     k = settings["tasks_in_flight_per_actor"]
     out = ds.map_batches(
@@ -261,33 +289,31 @@ def generate(
         max_task_retries=3,
         **actors.remote_args(),
     )
+    out.context.execution_no_progress_timeout_s = -1  # our watchdog instead (docstring)
     # keyed by seed id: a block retried after an actor died can't duplicate a conversation
     pending: dict[int, dict[str, dict]] = defaultdict(dict)
     expected = {u: len(ps) for u, ps in units.items()}
-    prog = Progress("generate", len(todo), cfg.output.progress_seconds, emit)
-    prog.live = live_poller(counter)
+    prog = Progress("generate", len(todo), planned, cfg.output.progress_seconds, emit,
+                    engines_expected=n_actors)
+    poll = live_poller(counter)
     finished: set[int] = set()
     requests = 0
-    # prefetch_batches=0: a finished block reaches this loop (and raw/) as soon as it exists
-    with prog.heartbeat():
-        for batch in out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-            # a unit already written (its block's rows seen twice after a retry) is not rewritten
-            rows = [r for r in batch.to_pylist() if r["work_unit"] not in finished]
-            requests += sum(n for r in rows for _, _, n in json.loads(r["usage"] or "{}").values())
-            for r in rows:
-                pending[r["work_unit"]][r["seed_id"]] = r
-            for u in [u for u, rs in pending.items() if len(rs) >= expected[u]]:
-                rs = [r for _, r in sorted(pending.pop(u).items())]
-                store.write_parquet(unit_key(u), pa.Table.from_pylist(rs, schema=RAW_SCHEMA))
-                finished.add(u)
-            prog.update(
-                done=len(rows),
-                failed=sum(r["status"] != "ok" for r in rows),
-                tokens=sum(r["completion_tokens"] for r in rows),
-            )
+    for batch in _blocks(out, prog, poll, cfg.engine.stall_seconds, cfg.engine.start_seconds):
+        # a unit already written (its block's rows seen twice after a retry) is not rewritten
+        rows = [r for r in batch.to_pylist() if r["work_unit"] not in finished]
+        n_req = sum(n for r in rows for _, _, n in json.loads(r["usage"] or "{}").values())
+        requests += n_req
+        for r in rows:
+            pending[r["work_unit"]][r["seed_id"]] = r
+        for u in [u for u, rs in pending.items() if len(rs) >= expected[u]]:
+            rs = [r for _, r in sorted(pending.pop(u).items())]
+            store.write_parquet(unit_key(u), pa.Table.from_pylist(rs, schema=RAW_SCHEMA))
+            finished.add(u)
+        prog.returned(len(rows), sum(r["status"] != "ok" for r in rows), n_req,
+                      sum(r["completion_tokens"] for r in rows))
     ray.kill(counter)
     prog.drop_live()  # the last line: rows returned, exact
-    prog.update(force=True)
+    prog.tick(force=True)
     if pending:
         raise M2LError(f"generation ended with incomplete units {sorted(pending)[:5]}; rerun to resume")
     return {
@@ -299,7 +325,74 @@ def generate(
         "tokens_per_second": round(prog.tokens_per_second(), 1),
         "seconds": round(time.monotonic() - prog.start, 1),
         "actors": n_actors,
+        "engines": [e.get("note", "") for e in prog.live.engines],
     }
+
+
+_END = object()
+
+
+def _blocks(
+    out: Any, prog: Progress, poll: Callable[[], Any], stall_seconds: float,
+    start_seconds: float | None = None,
+) -> Iterator[pa.Table]:
+    """Finished blocks of ``out``, while the calling thread keeps progress and the watchdog.
+
+    A daemon thread iterates Ray Data (which blocks for as long as a block takes) and
+    hands blocks over through a queue; this generator wakes every half second to poll
+    the engines' counts, print a line when one is due, and fail the stage when no
+    engine is up ``start_seconds`` after the start (loading a big model takes minutes,
+    so it has its own limit), or when no request has finished for ``stall_seconds``.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=4)
+
+    def read() -> None:
+        try:
+            # prefetch_batches=0: a finished block reaches the loop (and raw/) as soon as it exists
+            for b in out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+                q.put(b)
+            q.put(_END)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the driver's thread
+            q.put(e)
+
+    threading.Thread(target=read, name="generate-reader", daemon=True).start()
+    while True:
+        try:
+            item = q.get(timeout=0.5)
+        except queue.Empty:
+            item = None
+        if item is _END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        if item is not None:
+            yield item
+        try:
+            prog.observe(poll())
+        except Exception:  # noqa: BLE001 - display only: a counter that can't answer is skipped
+            pass
+        prog.tick()
+        limit = stall_seconds if prog.ready_at is not None else (start_seconds or stall_seconds)
+        if prog.stalled_seconds() > limit:
+            # the stage is abandoned: Ray Data's executor thread would log a traceback as
+            # Ray shuts down under it, burying the one line that says what happened
+            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+            raise M2LError(stall_message(prog, limit))
+
+
+def stall_message(prog: Progress, limit: float) -> str:
+    if prog.ready_at is None:
+        what, knob = "no engine came up", "start_seconds"
+    else:
+        what, knob = f"no request finished ({prog.requests} so far)", "stall_seconds"
+    return (
+        f"[generate] stalled: {what} for {prog.stalled_seconds():.0f}s "
+        f"(engine.{knob}={limit:g}), {prog.total - prog.done} of {prog.total} "
+        "conversations unfinished. Check the engine actors' logs (`ray logs`, the dashboard; "
+        "for engine.kind openai, whether the server answers), that the model fits its "
+        f"device, and raise engine.{knob} if that legitimately takes longer. "
+        "Finished work units are kept: a rerun of the same command resumes."
+    )
 
 
 # ------------------------------------------------------------------ curation + commit

@@ -356,12 +356,9 @@ class LocalS3:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``m2l s3-server``: run SeaweedFS until Ctrl-C and print the env vars to export."""
-    parser = argparse.ArgumentParser(
-        prog="m2l s3-server",
-        description="Run a local S3-compatible server (SeaweedFS) for m2l-ray.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``m2l s3-server``, registered on the ``m2l`` parser itself (a
+    pass-through of the rest of the command line broke ``--dir`` and ``--help``)."""
     parser.add_argument("--dir", default="m2l-s3-data", help="data directory")
     parser.add_argument("--bucket", default="m2l", help="bucket to create")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
@@ -374,7 +371,20 @@ def main(argv: list[str] | None = None) -> int:
         "--secret-key", default=os.environ.get("M2L_S3_SECRET_KEY"),
         help="secret key (default $M2L_S3_SECRET_KEY or random)",
     )
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m m2l_ray.s3server``: the same command as ``m2l s3-server``."""
+    parser = argparse.ArgumentParser(
+        prog="m2l s3-server",
+        description="Run a local S3-compatible server (SeaweedFS) for m2l-ray.",
+    )
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run SeaweedFS until Ctrl-C (or SIGTERM) and print the env vars to export."""
     server = LocalS3.start(
         args.dir, args.bucket, host=args.host, port=args.port,
         access_key=args.access_key, secret_key=args.secret_key,

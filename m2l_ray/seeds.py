@@ -143,8 +143,8 @@ def _expand(source: SeedSource, storage_options: Any) -> list[tuple[Any, str]]:
 
 
 def _format_of(path: str) -> str | None:
-    low = path.lower()
-    if low.endswith((".jsonl", ".json", ".jsonl.gz", ".ndjson")):
+    low = path.lower().removesuffix(".gz")
+    if low.endswith((".jsonl", ".json", ".ndjson")):
         return "jsonl"
     if low.endswith((".parquet", ".pq")):
         return "parquet"
@@ -152,10 +152,28 @@ def _format_of(path: str) -> str | None:
 
 
 def _open_bytes(fs: Any, path: str) -> bytes:
+    """The file's bytes as stored: pyarrow would decompress by extension on its own,
+    so compression=None keeps one place (``_decode_text``) that undoes gzip."""
     if fs is None:
         return Path(path).read_bytes()
-    with fs.open_input_stream(path) as f:
+    with fs.open_input_stream(path, compression=None) as f:
         return f.read()
+
+
+def _decode_text(path: str, data: bytes) -> bytes:
+    """Gunzip a gzip file (told by its magic bytes, whatever its name) and drop a UTF-8
+    byte-order mark, which editors on Windows write and json.loads rejects."""
+    if data[:2] == b"\x1f\x8b":
+        import gzip
+        import zlib
+
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise SeedError(f"seed file {path}: not a readable gzip file: {e}") from None
+    elif path.lower().endswith(".gz"):
+        raise SeedError(f"seed file {path}: named .gz but not gzip-compressed")
+    return data.removeprefix(b"\xef\xbb\xbf")
 
 
 def _rows(
@@ -177,10 +195,7 @@ def _rows(
         for i, row in enumerate(table.to_pylist()):
             yield i, row, None
         return
-    if path.endswith(".gz"):
-        import gzip
-
-        data = gzip.decompress(data)
+    data = _decode_text(path, data)
     for i, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue

@@ -20,6 +20,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "M2L_TEST_RUN"
+#: the console script pip installed beside this interpreter (``.venv/bin/m2l``)
+M2L_SCRIPT = Path(sys.executable).parent / "m2l"
 
 
 def small_job(out_uri: str, **sections: Any) -> dict[str, Any]:
@@ -53,10 +55,12 @@ def env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def m2l(*args: str, cwd: Path, extra_env: dict[str, str] | None = None,
         timeout: float = 1500) -> subprocess.CompletedProcess:
+    """The installed ``m2l`` console script, as README's command lines run it."""
     return subprocess.run(
-        [sys.executable, "-m", "m2l_ray.cli", *args], cwd=cwd, env=env(extra_env),
+        [str(M2L_SCRIPT), *args], cwd=cwd, env=env(extra_env),
         capture_output=True, text=True, timeout=timeout,
     )
+
 
 
 def start_m2l(*args: str, cwd: Path, log: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
@@ -64,7 +68,7 @@ def start_m2l(*args: str, cwd: Path, log: Path, extra_env: dict[str, str] | None
     marker = uuid.uuid4().hex
     f = open(log, "w")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "m2l_ray.cli", *args], cwd=cwd,
+        [str(M2L_SCRIPT), *args], cwd=cwd,
         env=env({**(extra_env or {}), MARKER: marker}), stdout=f, stderr=subprocess.STDOUT,
         start_new_session=True,
     )

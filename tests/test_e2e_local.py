@@ -62,8 +62,19 @@ def test_job_succeeds_with_progress_and_summary(job):
     assert "[done]" in proc.stdout and "[summary]" in proc.stdout
     # the count moves as engines finish conversations, not only when one of the 3 blocks
     # returns: 0, the end (7) and at least two counts between them
-    counts = {int(n) for n in re.findall(r"\[generate\] (\d+)/7 conversations", proc.stdout)}
+    counts = {int(n) for n in re.findall(r"\[generate\] .*?(\d+)/7 conversations", proc.stdout)}
     assert {0, 7} <= counts and len(counts) >= 4, proc.stdout[-3000:]
+    # finished requests move it sooner still, and the ETA waits for the first of them
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("[generate]") and " requests (" in x]
+    requests = [int(re.search(r"(\d+)/\d+ requests", x).group(1)) for x in lines]
+    assert len(set(requests)) >= 4 and requests == sorted(requests), lines
+    assert all(x.endswith("ETA ?") for x, n in zip(lines, requests, strict=True) if n == 0), lines
+    # the engine said which dtype it chose, and it is the one this CPU should get
+    from m2l_ray.engines.dtype import resolve_dtype
+
+    want = resolve_dtype("auto", on_cpu=True).dtype
+    assert re.search(rf"\[engine\] 1/1 ready on \S+ after \d+s: dtype {want} ", proc.stdout), proc.stdout[-3000:]
+    assert "Running Dataset" not in proc.stdout + proc.stderr  # Ray Data's own progress is off
     stats = json.loads((d / "out/stats.json").read_text())
     assert stats["seeds_quarantined"] == 3
     # en x3, es x3, tok x1 (the planted en seed competes with the shipped one: cap 1 per group)
@@ -71,7 +82,8 @@ def test_job_succeeds_with_progress_and_summary(job):
 
 
 def test_raw_rows_have_structure_and_provenance(job):
-    d, _, _ = job
+    d, path, _ = job
+    cfg = yaml.safe_load(path.read_text())
     manifest = json.loads((d / "out/manifest.json").read_text())
     raw = pq.read_table(sorted(str(p) for p in (d / "out/raw").glob("unit-*.parquet")))
     assert raw.schema.names == RAW_SCHEMA.names
@@ -91,7 +103,7 @@ def test_raw_rows_have_structure_and_provenance(job):
     for r in rows:
         assert r["config_hash"] == manifest["config_hash"]
         assert r["model"] == "smollm2-135m-instruct" and r["engine"] == "vllm"
-        assert json.loads(r["sampling"])["max_tokens"] == 320
+        assert json.loads(r["sampling"])["max_tokens"] == cfg["engine"]["sampling"]["max_tokens"]
         if r["status"] == "failed":
             assert r["failures"], r
             assert {f["reason"] for f in r["failures"]} <= {

@@ -334,12 +334,15 @@ def test_ray_job_submit_as_documented_runs_on_two_nodes(cluster):
     assert proc.returncode == 0, log[-6000:]
     assert re.search(r"Job '\S+' succeeded", log), log[-3000:]
     # progress at a steady interval, then the summary, in the job's own log stream
-    progress = re.findall(r"\[generate\] \d+/8 conversations \(\d+%\), \d+ failed, \d+ generated "
-                          r"tok/s, elapsed \S+, ETA \S+", log)
-    assert progress and progress[-1].startswith("[generate] 8/8"), log[-3000:]
+    progress = re.findall(r"\[generate\] (?:loading engines: \d+/2 ready, 0/8 conversations|\d+/\d+ "
+                          r"requests \(\d+%\), \d+/8 conversations \(\d+ failed\), \d+ tokens at \d+ "
+                          r"tok/s|done: \d+/8 conversations \(\d+ failed\), \d+ requests, \d+ tokens at \d+ tok/s), "
+                          r"elapsed \S+(?:, ETA \S+)?", log)
+    assert progress and "8/8 conversations" in progress[-1], log[-3000:]
+    assert len(re.findall(r"\[engine\] \d/2 ready on ", log)) == 2, log[-3000:]  # both engines said so
     # steady: a line every output.progress_seconds (2 s) while engines load and blocks run,
     # not only when a block returns (allowing for a loaded 2-core machine)
-    elapsed = [_seconds(m) for m in re.findall(r"elapsed (\S+), ETA", "\n".join(progress))]
+    elapsed = [_seconds(m) for m in re.findall(r"elapsed (\d+m\d+s)", "\n".join(progress))]
     assert elapsed[-1] >= 20 and len(elapsed) >= elapsed[-1] / 6, progress
     assert max(b - a for a, b in zip(elapsed, elapsed[1:], strict=False)) <= 12, elapsed
     assert "[summary]" in log and "[done]" in log

