@@ -34,11 +34,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """The run's own reading, selection and planning, without Ray: what a run would make."""
+    import time
+
     from m2l_ray.config import load_config
     from m2l_ray.context import check_seed_languages, prepare
-    from m2l_ray.plan import plan, select
+    from m2l_ray.pipeline import plan_job, planned_shape
     from m2l_ray.seeds import read_seeds
 
+    t0 = time.monotonic()
     cfg = load_config(args.config, args.set or ())
     ctx = prepare(cfg)
     if cfg.engine.kind == "openai":
@@ -46,10 +50,8 @@ def _validate(args: argparse.Namespace) -> int:
 
         preflight(cfg)
     read = read_seeds(cfg.seeds, ctx.registry, set(ctx.task_ids), ctx.storage)
-    sel = select(read.seeds, cfg.seed, cfg.seeds.per_group_cap, cfg.seeds.languages, cfg.seeds.tasks)
+    sel, planned = plan_job(ctx, read.seeds)
     warnings = list(ctx.warnings) + check_seed_languages(ctx, {s.language_code for s in sel.selected})
-    planned = plan(sel.selected, ctx.taxonomy, cfg.seed, cfg.turns.min, cfg.turns.max,
-                   cfg.output.work_unit_size, cfg.engine.evol_attempts)
     print(json.dumps({
         "config_hash": cfg.config_hash(),
         "seeds_read": read.rows_read,
@@ -60,7 +62,9 @@ def _validate(args: argparse.Namespace) -> int:
         "tasks": len({p.task for p in planned}),
         "work_units": len({p.work_unit for p in planned}),
         "turns": dict(sorted(Counter(p.turns for p in planned).items())),
+        "planned": planned_shape(sel.selected, planned),
         "warnings": warnings,
+        "seconds": round(time.monotonic() - t0, 2),
     }, indent=2, ensure_ascii=False))
     return 0
 

@@ -52,6 +52,16 @@ class TaxonomyConfig:
     path: str | None = None  # None: the taxonomy shipped with the package
     task_evols: tuple[str, ...] | None = None
     multiturn_evols: tuple[str, ...] | None = None
+    origin: str | None = None  # "m2lingual": only the multi-turn types of the paper's data
+
+
+@dataclass(frozen=True)
+class EvolConfig:
+    """The fan-out of the M2Lingual method: evolutions per seed, and the share of
+    evolved pairs grown into multi-turn conversations."""
+
+    per_seed: int = 1  # the public dataset has ~7.5 evolved pairs per seed
+    multiturn_share: float = 1.0  # the public counts imply ~0.56
 
 
 @dataclass(frozen=True)
@@ -108,9 +118,11 @@ class OutputConfig:
 class JobConfig:
     name: str = "m2l-job"
     seed: int = 0
+    license: str = "other"  # the output's license, for its dataset card (Hugging Face id)
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
     extra_languages: tuple[Mapping[str, Any], ...] = ()
     taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
+    evol: EvolConfig = field(default_factory=EvolConfig)
     turns: TurnsConfig = field(default_factory=TurnsConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -189,7 +201,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
 
 
 _TOP_KEYS = {
-    "job", "seeds", "languages", "taxonomy", "turns", "engine", "output", "curation", "storage",
+    "job", "seeds", "languages", "taxonomy", "evol", "turns", "engine", "output", "curation", "storage",
 }
 
 
@@ -198,9 +210,10 @@ def config_from_dict(raw: Mapping[str, Any], source: str | None = None) -> JobCo
     r = _Reader(source)
     r.no_unknown(raw, _TOP_KEYS, "")
     job = r.mapping(raw, "job")
-    r.no_unknown(job, {"name", "seed"}, "job")
+    r.no_unknown(job, {"name", "seed", "license"}, "job")
     name = r.typed(job, "name", str, "job", "m2l-job")
     seed = r.typed(job, "seed", int, "job", 0)
+    license_id = r.typed(job, "license", str, "job", JobConfig.license)
 
     s = r.mapping(raw, "seeds")
     r.no_unknown(s, {"sources", "languages", "tasks", "per_group_cap", "max_chars", "min_chars"}, "seeds")
@@ -240,12 +253,26 @@ def config_from_dict(raw: Mapping[str, Any], source: str | None = None) -> JobCo
         raise ConfigError("languages.extra", "must be a list of {code, name, script, ...}", source)
 
     t = r.mapping(raw, "taxonomy")
-    r.no_unknown(t, {"path", "task_evols", "multiturn_evols"}, "taxonomy")
+    r.no_unknown(t, {"path", "task_evols", "multiturn_evols", "origin"}, "taxonomy")
     taxonomy = TaxonomyConfig(
         path=r.typed(t, "path", str, "taxonomy", None),
         task_evols=r.str_list(t, "task_evols", "taxonomy"),
         multiturn_evols=r.str_list(t, "multiturn_evols", "taxonomy"),
+        origin=r.typed(t, "origin", str, "taxonomy", None),
     )
+    if taxonomy.origin not in (None, "all", "m2lingual", "m2l-ray"):
+        raise ConfigError("taxonomy.origin", f"'{taxonomy.origin}' is not one of all, m2lingual, m2l-ray",
+                          source)
+
+    ev = r.mapping(raw, "evol")
+    r.no_unknown(ev, {"per_seed", "multiturn_share"}, "evol")
+    evol = EvolConfig(
+        per_seed=r.positive(ev, "per_seed", "evol", EvolConfig.per_seed),
+        multiturn_share=float(r.number(ev, "multiturn_share", "evol", EvolConfig.multiturn_share)),
+    )
+    if not 0 <= evol.multiturn_share <= 1:
+        raise ConfigError("evol.multiturn_share", f"must be between 0 and 1, got {evol.multiturn_share:g}",
+                          source)
 
     tu = r.mapping(raw, "turns")
     r.no_unknown(tu, {"min", "max"}, "turns")
@@ -271,9 +298,11 @@ def config_from_dict(raw: Mapping[str, Any], source: str | None = None) -> JobCo
     return JobConfig(
         name=name,
         seed=seed,
+        license=license_id,
         seeds=seeds,
         extra_languages=tuple(dict(e) for e in extra),
         taxonomy=taxonomy,
+        evol=evol,
         turns=turns,
         engine=engine,
         output=output,

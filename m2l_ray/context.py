@@ -42,7 +42,8 @@ def load_taxonomy(cfg: JobConfig, base: Taxonomy | None = None) -> Taxonomy:
     t = cfg.taxonomy
     base = base or Taxonomy.load(t.path)
     try:
-        return base.restrict(cfg.seeds.tasks, t.task_evols, t.multiturn_evols)
+        origin = None if t.origin in (None, "all") else t.origin
+        return base.restrict(cfg.seeds.tasks, t.task_evols, t.multiturn_evols, origin=origin)
     except ValueError as e:
         raise ConfigError("taxonomy / seeds.tasks", str(e), cfg.source) from None
 

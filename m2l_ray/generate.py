@@ -59,7 +59,7 @@ class _CountedEngine:
         self.kind = engine.kind
         self.model = engine.model
         self.tally = tally
-        self.by_seed: dict[str, int] = defaultdict(int)  # requests per conversation so far
+        self.by_item: dict[str, int] = defaultdict(int)  # requests per planned item so far
         self.finished_tokens = 0
 
     async def chat(
@@ -75,7 +75,7 @@ class _CountedEngine:
 
     def _count(self, request_id: str, tokens: int) -> None:
         self.tally.requests += 1
-        self.by_seed[request_id.split(":", 1)[0]] += 1
+        self.by_item[request_id.split(":", 1)[0]] += 1
         self.finished_tokens += tokens
         self.tally.finished_tokens = self.finished_tokens
         # engines that stream (vLLM) count tokens as they come; the others when done
@@ -130,16 +130,14 @@ class ConversationGenerator:
         row = await self.synth.run(p)
         self.tally.conversations += 1
         self.tally.failed += int(row["status"] != "ok")
-        self.tally.plan_delta += self.engine.by_seed.pop(p.seed_id, 0) - planned_requests(p)
+        self.tally.plan_delta += self.engine.by_item.pop(p.key, 0) - planned_requests(p)
         return row
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         if self.counter is not None and self._reporter is None:
             self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
         rows = batch.to_pylist()
-        planned = [
-            PlannedConversation(**{**r, "task_evols": tuple(r["task_evols"])}) for r in rows
-        ]
+        planned = [PlannedConversation.from_row(r) for r in rows]
         try:
             results = await asyncio.gather(*(self._run(p) for p in planned))
         except EngineDead as e:
@@ -160,8 +158,8 @@ def _node_name() -> str:
 
 
 def planned_requests(p: PlannedConversation) -> int:
-    """Requests a conversation needs when nothing fails: an evolution and an answer for
-    the first turn, a user message and an answer for each further turn."""
+    """Requests an item needs when nothing fails: an evolution and an answer for the
+    first turn (the evolved pair), a user message and an answer for each further turn."""
     return 2 * p.turns
 
 

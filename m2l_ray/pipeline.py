@@ -3,11 +3,13 @@
 Output layout under ``output.uri`` (local folder or s3://bucket/prefix):
 
     raw/unit-00000.parquet   one object per work unit as it completes: the resume point
-    final/part-00000.parquet curated shards, deterministic names
+    seed_data/part-00000.parquet       the seeds as instruction-response pairs
+    seed_evol_data/part-00000.parquet  every evolved pair that passed (single turn)
+    full_data/part-00000.parquet       seeds + evolved pairs + multi-turn conversations
     quarantine/seeds.jsonl   seed rows that could not be used, with file, row, field, reason
     quarantine/curation-00000.parquet  conversations curation dropped, with the reason
     stats.json               counts per reason per language, tokens, timings
-    dataset_card.md          config, counts, per-language pass rates
+    README.md                the dataset card: HF configs header, config, counts, pass rates
     manifest.json            the commit point, written last: every final shard with
                              rows, bytes and sha256; readers trust only what it lists
 """
@@ -36,10 +38,10 @@ from m2l_ray import __version__
 from m2l_ray.config import JobConfig
 from m2l_ray.context import JobContext, check_seed_languages, prepare
 from m2l_ray.errors import M2LError
-from m2l_ray.plan import PlannedConversation, plan, select
+from m2l_ray.plan import PlannedConversation, Selection, plan, select
 from m2l_ray.progress import LiveCounter, Progress, live_poller
 from m2l_ray.schema import RAW_SCHEMA
-from m2l_ray.seeds import read_seeds
+from m2l_ray.seeds import Seed, read_seeds
 from m2l_ray.usage import usage_summary
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ log = logging.getLogger(__name__)
 LOCK_KEY = "_lock.json"
 MANIFEST_KEY = "manifest.json"
 STATS_KEY = "stats.json"
-CARD_KEY = "dataset_card.md"
+CARD_KEY = "README.md"  # the dataset card; its YAML header makes the folder a HF dataset
 _UNIT_RE = re.compile(r"^raw/unit-(\d{5,})\.parquet$")
 
 
@@ -55,8 +57,8 @@ def unit_key(unit: int) -> str:
     return f"raw/unit-{unit:05d}.parquet"
 
 
-def shard_key(i: int) -> str:
-    return f"final/part-{i:05d}.parquet"
+def shard_key(config: str, i: int) -> str:
+    return f"{config}/part-{i:05d}.parquet"
 
 
 @dataclass
@@ -150,17 +152,17 @@ def _run_locked(
          f"{len(read.seeds)} usable, {len(read.quarantine)} quarantined "
          f"{dict(q_reasons) if q_reasons else ''}".rstrip())
 
-    sel = select(read.seeds, cfg.seed, cfg.seeds.per_group_cap, cfg.seeds.languages, cfg.seeds.tasks)
+    sel, planned = plan_job(ctx, read.seeds)
     if not cfg.seeds.languages:
         for w in check_seed_languages(ctx, {s.language_code for s in sel.selected}):
             emit(f"[config] {w}")
-    planned = plan(
-        sel.selected, ctx.taxonomy, cfg.seed, cfg.turns.min, cfg.turns.max,
-        cfg.output.work_unit_size, cfg.engine.evol_attempts,
-    )
     if not planned:
         raise M2LError("no seeds selected: check seeds.sources, seeds.languages and seeds.tasks "
                        f"(quarantine: {dict(q_reasons)})")
+    shape = planned_shape(sel.selected, planned)
+    emit(f"[plan] {shape['seed_rows']} seed rows, {shape['evolved_pairs']} evolved pairs "
+         f"({cfg.evol.per_seed} per seed), {shape['multiturn_conversations']} of them grown into "
+         f"multi-turn conversations; {shape['requests']} requests if none fails")
     units: dict[int, list[PlannedConversation]] = defaultdict(list)
     for p in planned:
         units[p.work_unit].append(p)
@@ -170,9 +172,9 @@ def _run_locked(
         raise M2LError(f"{store.uri}: raw/ holds units {stale[:5]} that this plan doesn't have; "
                        "the output prefix belongs to another job")
     todo = [p for p in planned if p.work_unit not in done_units]
-    emit(f"[plan] {len(planned)} conversations in {len(units)} work units "
+    emit(f"[plan] {len(planned)} items in {len(units)} work units "
          f"({len(sel.groups)} language x task groups); {len(done_units)} units already in raw/, "
-         f"{len(todo)} conversations to generate")
+         f"{len(todo)} items to generate")
 
     gen_stats: dict[str, Any] = {"generated": 0, "tokens_per_second": 0.0, "seconds": 0.0}
     ray_init(ray_address)
@@ -180,7 +182,7 @@ def _run_locked(
         gen_stats = generate(ctx, todo, units, store, emit)
 
     raw = _read_raw(store, sorted(units))
-    summary = finalize(ctx, store, raw, emit)
+    summary = finalize(ctx, store, raw, sel.selected, emit)
     summary.update(
         seeds_read=read.rows_read,
         seeds_usable=len(read.seeds),
@@ -200,6 +202,35 @@ def _run_locked(
 def _read_raw(store: Any, unit_ids: Sequence[int]) -> pa.Table:
     tables = [store.read_parquet(unit_key(u)) for u in unit_ids]
     return pa.concat_tables([t.select(RAW_SCHEMA.names).cast(RAW_SCHEMA) for t in tables])
+
+
+def plan_job(ctx: JobContext, seeds: Sequence[Seed]) -> tuple[Selection, list[PlannedConversation]]:
+    """Selection and plan of a job: what ``m2l run`` generates and ``m2l validate`` prints."""
+    cfg = ctx.cfg
+    sel = select(seeds, cfg.seed, cfg.seeds.per_group_cap, cfg.seeds.languages, cfg.seeds.tasks)
+    planned = plan(
+        sel.selected, ctx.taxonomy, cfg.seed, cfg.turns.min, cfg.turns.max,
+        cfg.output.work_unit_size, cfg.engine.evol_attempts, cfg.evol.per_seed, cfg.evol.multiturn_share,
+    )
+    return sel, planned
+
+
+def planned_shape(selected: Sequence[Seed], planned: Sequence[PlannedConversation]) -> dict[str, int]:
+    """Rows per output config if nothing fails, and the requests they cost."""
+    from m2l_ray.generate import planned_requests
+
+    seeds = sum(1 for s in selected if s.reference_answer)
+    evolved = len(planned)
+    multi = sum(1 for p in planned if p.turns > 1)
+    return {
+        "seed_rows": seeds,
+        "evolved_pairs": evolved,
+        "multiturn_conversations": multi,
+        "requests": sum(planned_requests(p) for p in planned),
+        "rows_seed_data": seeds,
+        "rows_seed_evol_data": evolved,
+        "rows_full_data": seeds + evolved + multi,
+    }
 
 
 # ------------------------------------------------------------------ generation
@@ -290,7 +321,7 @@ def generate(
         **actors.remote_args(),
     )
     out.context.execution_no_progress_timeout_s = -1  # our watchdog instead (docstring)
-    # keyed by seed id: a block retried after an actor died can't duplicate a conversation
+    # keyed by item key: a block retried after an actor died can't duplicate a conversation
     pending: dict[int, dict[str, dict]] = defaultdict(dict)
     expected = {u: len(ps) for u, ps in units.items()}
     prog = Progress("generate", len(todo), planned, cfg.output.progress_seconds, emit,
@@ -304,7 +335,7 @@ def generate(
         n_req = sum(n for r in rows for _, _, n in json.loads(r["usage"] or "{}").values())
         requests += n_req
         for r in rows:
-            pending[r["work_unit"]][r["seed_id"]] = r
+            pending[r["work_unit"]][r["key"]] = r
         for u in [u for u, rs in pending.items() if len(rs) >= expected[u]]:
             rs = [r for _, r in sorted(pending.pop(u).items())]
             store.write_parquet(unit_key(u), pa.Table.from_pylist(rs, schema=RAW_SCHEMA))
@@ -398,39 +429,55 @@ def stall_message(prog: Progress, limit: float) -> str:
 # ------------------------------------------------------------------ curation + commit
 
 
-def finalize(ctx: JobContext, store: Any, raw: pa.Table, emit: Callable[[str], None]) -> dict[str, Any]:
-    """Curate all raw units and write final shards (deterministic content and names)."""
+def finalize(
+    ctx: JobContext, store: Any, raw: pa.Table, selected: Sequence[Seed], emit: Callable[[str], None]
+) -> dict[str, Any]:
+    """Curate the generated rows and write the three configs (deterministic content and names).
+
+    Raw attempts become evolved pairs and multi-turn conversations (rows.py); those are
+    curated together (dedup across the whole output, every language); the seed rows are
+    the validated input and go in as they are. Each config is written as its own shards.
+    """
     import ray
 
     from m2l_ray.curation.stage import curate
+    from m2l_ray.rows import generated_rows, seed_rows, split_configs
 
     cfg = ctx.cfg
     ray_init()
-    result = curate(ray.data.from_arrow(raw), ctx.curation, ctx.registry)
+    generated = pa.Table.from_pylist(generated_rows(raw), schema=RAW_SCHEMA)
+    result = curate(ray.data.from_arrow(generated), ctx.curation, ctx.registry)
     kept = _materialize(result.kept)
     dropped = _materialize(result.dropped)
     cur_stats = result.stats()
-    if kept.num_rows:
-        kept = kept.sort_by([("id", "ascending")])
-    n_shards = max(1, math.ceil(kept.num_rows / cfg.output.shard_rows))
+    job = {"model": cfg.engine.model, "engine": cfg.engine.kind, "config_hash": cfg.config_hash(),
+           "job_seed": cfg.seed}
+    seeds = pa.Table.from_pylist(seed_rows(selected, ctx.registry, job), schema=RAW_SCHEMA)
+    tables = split_configs(pa.concat_tables([seeds, kept], promote_options="default"))
     shards = []
-    for i in range(n_shards):
-        part = kept.slice(i * cfg.output.shard_rows, cfg.output.shard_rows)
-        shards.append(store.write_parquet(shard_key(i), part))
+    for name, table in tables.items():
+        n_shards = max(1, math.ceil(table.num_rows / cfg.output.shard_rows))
+        for i in range(n_shards):
+            part = table.slice(i * cfg.output.shard_rows, cfg.output.shard_rows)
+            shards.append({**store.write_parquet(shard_key(name, i), part), "config": name})
     # shards of an earlier, larger attempt must not linger next to ours
-    for k in store.list("final/"):
-        if k not in {s["key"] for s in shards}:
-            store.delete(k)
+    written = {s["key"] for s in shards}
+    for name in tables:
+        for k in store.list(f"{name}/"):
+            if k not in written:
+                store.delete(k)
     if dropped.num_rows:
-        dropped = dropped.sort_by([("id", "ascending")])
+        dropped = dropped.sort_by([("key", "ascending")])
     store.write_parquet("quarantine/curation-00000.parquet", dropped)
-    summary = _summarise(raw, kept, cur_stats, _price_settings(cfg))
+    summary = _summarise(raw, generated, kept, cur_stats, _price_settings(cfg))
+    summary["rows"] = {name: t.num_rows for name, t in tables.items()}
     cost = summary["usage"]["total"].get("cost")
     if cost is not None:
         emit(f"[cost] {cost:.4f} for {summary['usage']['total']['prompt_tokens']} prompt + "
              f"{summary['usage']['total']['completion_tokens']} completion tokens (all runs of this job)")
-    emit(f"[curate] {raw.num_rows} conversations in raw/, {kept.num_rows} kept in "
-         f"{n_shards} shard(s), {dropped.num_rows} dropped {summary['drop_reasons']}")
+    emit(f"[curate] {generated.num_rows} generated rows ({raw.num_rows} items in raw/), "
+         f"{kept.num_rows} kept, {dropped.num_rows} dropped {summary['drop_reasons']}")
+    emit("[output] " + ", ".join(f"{name}: {n} rows" for name, n in summary["rows"].items()))
     summary["shards"] = shards
     return summary
 
@@ -454,25 +501,39 @@ def _materialize(ds: Any) -> pa.Table:
 
 
 def _summarise(
-    raw: pa.Table, kept: pa.Table, cur_stats: dict[str, Any], price_settings: Any = None
+    raw: pa.Table, generated: pa.Table, kept: pa.Table, cur_stats: dict[str, Any],
+    price_settings: Any = None,
 ) -> dict[str, Any]:
+    """Counts for stats.json. "conversations" are the generated rows (evolved pairs, one
+    turn, and multi-turn conversations); failures and tokens come from raw/, where each
+    request is counted once."""
     failures: Counter[str] = Counter()
     for row_failures in raw.column("failures").to_pylist():
         for f in row_failures or []:
             failures[f"{f['step'].split('.')[0]}:{f['reason']}"] += 1
     per_lang: dict[str, dict[str, int]] = defaultdict(lambda: {"raw": 0, "ok": 0, "kept": 0})
-    for code, status in zip(raw.column("language_code").to_pylist(), raw.column("status").to_pylist(), strict=True):
+    for code, status in zip(generated.column("language_code").to_pylist(),
+                            generated.column("status").to_pylist(), strict=True):
         per_lang[code]["raw"] += 1
         per_lang[code]["ok"] += status == "ok"
     if kept.num_rows:
         for code in kept.column("language_code").to_pylist():
             per_lang[code]["kept"] += 1
-    status = Counter(raw.column("status").to_pylist())
+    status = Counter(generated.column("status").to_pylist())
+    kinds = Counter(zip(generated.column("kind").to_pylist(), generated.column("status").to_pylist(),
+                        strict=True))
+    kept_kinds = Counter(kept.column("kind").to_pylist()) if kept.num_rows else Counter()
     return {
-        "conversations_raw": raw.num_rows,
+        "items_raw": raw.num_rows,
+        "conversations_raw": generated.num_rows,
         "conversations_ok": status.get("ok", 0),
         "conversations_failed": status.get("failed", 0),
         "conversations_final": kept.num_rows,
+        "evolved_pairs": {"generated": kinds[("evolved", "ok")] + kinds[("evolved", "failed")],
+                          "ok": kinds[("evolved", "ok")], "kept": kept_kinds["evolved"]},
+        "multiturn_conversations": {
+            "generated": kinds[("multiturn", "ok")] + kinds[("multiturn", "failed")],
+            "ok": kinds[("multiturn", "ok")], "kept": kept_kinds["multiturn"]},
         "failed_steps": dict(sorted(failures.items())),
         "prompt_tokens": int(pc.sum(raw.column("prompt_tokens")).as_py() or 0),
         "completion_tokens": int(pc.sum(raw.column("completion_tokens")).as_py() or 0),
@@ -499,12 +560,13 @@ def commit(ctx: JobContext, store: Any, summary: dict[str, Any], emit: Callable[
         "versions": versions(),
         "model": cfg.engine.model,
         "shards": shards,
-        "rows": sum(s["rows"] for s in shards),
+        "rows": dict(summary["rows"]),  # per config
         "summary": summary,
     }
     store.put_json(MANIFEST_KEY, manifest)
-    emit(f"[done] {manifest['rows']} conversations in {len(shards)} shard(s) at "
-         f"{store.key_uri('final')}/; manifest {store.key_uri(MANIFEST_KEY)}")
+    emit(f"[done] {manifest['rows']['full_data']} rows in {len(shards)} shard(s) of "
+         f"{len({s['config'] for s in shards})} configs at {store.uri}; "
+         f"manifest {store.key_uri(MANIFEST_KEY)}")
     emit("[summary] " + json.dumps(_short(summary), ensure_ascii=False))
     return summary
 

@@ -12,7 +12,7 @@ import hashlib
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from m2l_ray.seeds import Seed
 from m2l_ray.taxonomy import Taxonomy
@@ -75,24 +75,33 @@ def select(
 
 @dataclass(frozen=True)
 class PlannedConversation:
-    """One row of work: a seed plus every choice that shapes its conversation."""
+    """One item of work: one evolution of a seed (an evolved pair), and, for a share of
+    them, the multi-turn conversation grown from it; every choice that shapes it."""
 
+    key: str  # "<seed id>-<slot>": stable across runs, the item's identity in raw/
     seed_id: str
+    evol_slot: int  # which of the seed's evol.per_seed evolutions
     language_code: str
     task: str
     instruction: str
     reference_answer: str
     seed_source: str
     task_evols: tuple[str, ...]  # first is the plan; the rest are fallbacks if it fails
-    multiturn_evol: str
-    turns: int
+    multiturn_evols: tuple[str, ...]  # one type per further user turn; empty: a single turn
+    turns: int  # user turns: 1 for an evolved pair alone
     work_unit: int
     request_seed: int  # base of the per-request sampling seeds
 
     def to_row(self) -> dict:
         d = asdict(self)
         d["task_evols"] = list(self.task_evols)
+        d["multiturn_evols"] = list(self.multiturn_evols)
         return d
+
+    @classmethod
+    def from_row(cls, r: dict) -> PlannedConversation:
+        return cls(**{**r, "task_evols": tuple(r["task_evols"]),
+                      "multiturn_evols": tuple(r["multiturn_evols"] or ())})
 
 
 def plan(
@@ -103,31 +112,54 @@ def plan(
     turns_max: int,
     work_unit_size: int,
     evol_attempts: int,
+    per_seed: int = 1,
+    multiturn_share: float = 1.0,
 ) -> list[PlannedConversation]:
-    """Assign evol types, multi-turn type, turn count and work unit to each seed.
+    """Fan each seed out into ``per_seed`` evolutions and plan each one.
 
-    Work units are consecutive slices of the seed-id order: the same selection
-    always gives the same units, which is what resume keys on.
+    Per seed, its task's evol types are shuffled by (job seed, seed id): slot k takes
+    the k-th as its plan, and the types no slot planned are dealt out as fallbacks,
+    so a failed evolution never repeats a type the seed already used. Per evolved pair
+    (job seed, key): whether it grows into a multi-turn conversation (a share
+    ``multiturn_share`` of them), how many user turns, and one multi-turn evol type per
+    further turn (distinct while the taxonomy has enough). Work units are consecutive
+    slices of the key order (a seed's evolutions stay together, which also lets the
+    engine's prefix cache share their prompts): the same selection always gives the
+    same units, which is what resume keys on.
     """
     out = []
     multiturn_names = [e.name for e in taxonomy.multiturn_evols]
-    for i, s in enumerate(sorted(selected, key=lambda s: s.seed_id)):
+    for s in sorted(selected, key=lambda s: s.seed_id):
         rng = stable_rng(job_seed, "plan", s.seed_id)
         evols = [e.name for e in taxonomy.evols_for(s.task)]
         rng.shuffle(evols)
-        out.append(
-            PlannedConversation(
-                seed_id=s.seed_id,
-                language_code=s.language_code,
-                task=s.task,
-                instruction=s.instruction,
-                reference_answer=s.reference_answer,
-                seed_source=s.source,
-                task_evols=tuple(evols[: max(1, evol_attempts)]),
-                multiturn_evol=rng.choice(multiturn_names),
-                turns=rng.randint(turns_min, turns_max),
-                work_unit=i // work_unit_size,
-                request_seed=rng.getrandbits(31),
+        k_eff = max(1, min(per_seed, len(evols)))
+        spare = evols[k_eff:]
+        for k in range(k_eff):
+            key = f"{s.seed_id}-{k}"
+            r = stable_rng(job_seed, "pair", key)
+            fallbacks = spare[k::k_eff][: max(0, evol_attempts - 1)]
+            multi = r.random() < multiturn_share
+            turns = r.randint(max(2, turns_min), max(2, turns_max)) if multi else 1
+            n_mt = turns - 1
+            mt = (r.sample(multiturn_names, n_mt) if n_mt <= len(multiturn_names)
+                  else [r.choice(multiturn_names) for _ in range(n_mt)])
+            out.append(
+                PlannedConversation(
+                    key=key,
+                    seed_id=s.seed_id,
+                    evol_slot=k,
+                    language_code=s.language_code,
+                    task=s.task,
+                    instruction=s.instruction,
+                    reference_answer=s.reference_answer,
+                    seed_source=s.source,
+                    task_evols=(evols[k], *fallbacks),
+                    multiturn_evols=tuple(mt),
+                    turns=turns,
+                    work_unit=0,
+                    request_seed=r.getrandbits(31),
+                )
             )
-        )
-    return out
+    out.sort(key=lambda p: p.key)
+    return [replace(p, work_unit=i // work_unit_size) for i, p in enumerate(out)]

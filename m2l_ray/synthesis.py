@@ -1,10 +1,12 @@
 """The conversation logic of the M2Lingual method, independent of any engine.
 
-For one planned seed: (a) evolve the seed instruction into a harder one in the
-same language (falling back to the next planned evol type when an evolution
-fails), (b) answer it, (c) for every further turn write the user's next message
-from the multi-turn evol prompt and the conversation so far, and answer it with
-the whole history. Every failure is recorded with its step and reason; a row
+For one planned evolution of a seed: (a) evolve the seed instruction into a harder
+one in the same language (falling back to the next planned evol type when an
+evolution fails), (b) answer it: the evolved pair; (c) when the plan grows it into a
+multi-turn conversation, for every further turn write the user's next message from
+that turn's multi-turn evol prompt and the conversation so far, and answer it with
+the whole history. A failed later turn fails the conversation, not the pair
+(``pair_status``), so the pair still reaches ``seed_evol_data``. Every failure is recorded with its step and reason; a row
 that failed says so (status "failed") instead of posing as a conversation.
 """
 
@@ -30,6 +32,7 @@ from m2l_ray.prompts import (
     salvage_truncated,
     script_check,
 )
+from m2l_ray.schema import EVOLVED, MULTITURN
 from m2l_ray.taxonomy import Taxonomy
 
 
@@ -91,7 +94,7 @@ class Synthesizer:
         self, p: PlannedConversation, acc: _Acc, step: str, messages: list[dict[str, str]], max_tokens: int
     ) -> Completion | None:
         try:
-            c = await self.engine.chat(messages, self._params(p, step, max_tokens), f"{p.seed_id}:{step}")
+            c = await self.engine.chat(messages, self._params(p, step, max_tokens), f"{p.key}:{step}")
         except RequestFailed as e:
             acc.fail(step, e.reason, e.detail)
             return None
@@ -128,15 +131,16 @@ class Synthesizer:
             break
 
         first_reply = ""
-        multiturn = self.taxonomy.multiturn(p.multiturn_evol)
         if ok:
             conversation.append({"role": "user", "content": evolved})
             ok = await self._answer(p, acc, lang, conversation, "answer.1")
             first_reply = conversation[-1]["content"] if ok else ""
+        pair_ok = ok
 
-        # (c) further turns
+        # (c) further turns, each with its own multi-turn evol type
         turn = 2
         while ok and turn <= p.turns:
+            multiturn = self.taxonomy.multiturn(p.multiturn_evols[turn - 2])
             step = f"user.{turn}"
             c = await self._ask(
                 p, acc, step, next_user_messages(self.book, multiturn, lang, conversation),
@@ -159,20 +163,26 @@ class Synthesizer:
             turn += 1
 
         n_user = sum(1 for m in conversation if m["role"] == "user")
+        first_mt = self.taxonomy.multiturn(p.multiturn_evols[0]) if p.multiturn_evols else None
         return {
-            "id": f"{p.seed_id}-{self.job.config_hash[:8]}",
+            "id": None,  # assigned in final order at commit
             "task_evol_type": evol_used or p.task_evols[0],
             "task_evol_prompt": evol_prompt,
             "seed_prompt": p.instruction,
             "output_assistant_reply": first_reply,
             "evolved_user_prompt": evolved,
-            "multiturn_evol_type": multiturn.name,
-            "multiturn_evol_prompt": multiturn.prompt,
+            "multiturn_evol_type": first_mt.name if first_mt else None,
+            "multiturn_evol_prompt": first_mt.prompt if first_mt else None,
             "no_of_turns": n_user,
             "language": lang.name,
             "task": p.task,
             "evolved_multiturn_prompt": follow_ups,
             "conversation": conversation,
+            "key": p.key,
+            "kind": MULTITURN if p.turns > 1 else EVOLVED,
+            "evol_slot": p.evol_slot,
+            "multiturn_evol_types": list(p.multiturn_evols),
+            "pair_status": "ok" if pair_ok else "failed",
             "seed_id": p.seed_id,
             "language_code": lang.code,
             "script": lang.script,

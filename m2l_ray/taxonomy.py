@@ -10,6 +10,11 @@ own taxonomy directory (``Taxonomy.load(path)``) without a code change, and lets
 Why validate everything at load time: the taxonomy is loaded once on the driver, so a typo
 in a template (an unknown placeholder, a stray brace, a duplicated evol name) fails the job
 before any GPU time is spent, instead of as a ``KeyError`` inside a vLLM actor hours later.
+
+Every evol records its ``origin``: ``m2lingual`` if the type is seen in the paper's released
+data (ServiceNow-AI/M2Lingual; only multi-turn types are), ``m2l-ray`` if it is this
+project's extension. ``Taxonomy.restrict(origin="m2lingual")`` keeps only the paper's
+multi-turn types, for runs that should match the published method.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ from m2l_ray.errors import ConfigError
 __all__ = [
     "ALLOWED_PLACEHOLDERS",
     "DEFAULT_DIRECTORY",
+    "ORIGINS",
+    "ORIGIN_M2LINGUAL",
+    "ORIGIN_PROJECT",
     "Evol",
     "Task",
     "Taxonomy",
@@ -68,8 +76,12 @@ _OPTIONAL_DEFAULTS: Mapping[str, str] = MappingProxyType({"reference": ""})
 
 _EVOL_NAME = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*$")
 _TASK_ID = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
-_EVOL_FIELDS = ("name", "description", "prompt")
+_EVOL_FIELDS = ("name", "origin", "description", "prompt")
 _TASK_FIELDS = ("display_name", "description", "evols")
+
+ORIGIN_M2LINGUAL = "m2lingual"  # seen in the paper's released data (ServiceNow-AI/M2Lingual)
+ORIGIN_PROJECT = "m2l-ray"  # this project's extension
+ORIGINS: tuple[str, ...] = (ORIGIN_M2LINGUAL, ORIGIN_PROJECT)
 
 
 def template_placeholders(template: str) -> frozenset[str]:
@@ -107,10 +119,15 @@ class Evol:
     description: str
     prompt: str
     kind: str  # "task" | "general" | "multiturn"
+    # "m2lingual" (seen in the paper's released data) | "m2l-ray" (this project's extension).
+    # Required in the YAML files; an Evol built in code is, by default, our own.
+    origin: str = ORIGIN_PROJECT
 
     def __post_init__(self) -> None:
         if self.kind not in ALLOWED_PLACEHOLDERS:
             raise ValueError(f"evol kind must be one of {sorted(ALLOWED_PLACEHOLDERS)}")
+        if self.origin not in ORIGINS:
+            raise ValueError(f"evol origin must be one of {', '.join(ORIGINS)}, not {self.origin!r}")
 
     @cached_property
     def placeholders(self) -> frozenset[str]:
@@ -148,6 +165,7 @@ class Evol:
             "description": self.description,
             "prompt": self.prompt,
             "kind": self.kind,
+            "origin": self.origin,
         }
 
 
@@ -270,12 +288,21 @@ class Taxonomy:
         tasks: Sequence[str] | None = None,
         task_evols: Sequence[str] | None = None,
         multiturn_evols: Sequence[str] | None = None,
+        *,
+        origin: str | None = None,
     ) -> Taxonomy:
         """A taxonomy limited to the named tasks and evols (``None`` keeps everything).
 
         ``task_evols`` names step-1 evols (task-specific or general) and filters every kept
         task's list and the general list. Unknown names, or a kept task left with no evol,
         raise ``ValueError`` naming them: a silent empty list would fail much later.
+
+        ``origin`` (``"m2lingual"`` or ``"m2l-ray"``) keeps only the multi-turn evols of that
+        origin; ``"m2lingual"`` leaves the 13 types seen in the paper's released data. It
+        applies to the multi-turn evols only: task and general evols are all this project's
+        (none is ``m2lingual``), so filtering them by origin would leave nothing, and they
+        are left as they are. ``multiturn_evols`` then picks among the multi-turn evols of
+        that origin; naming one of another origin is a ``ValueError``.
         """
         keep_tasks = list(self._tasks)
         if tasks is not None:
@@ -303,9 +330,20 @@ class Taxonomy:
                 )
 
         multiturn = self.multiturn_evols
+        what = "multi-turn evol"
+        if origin is not None:
+            if origin not in ORIGINS:
+                raise ValueError(
+                    f"restrict: {_unknown('origin', origin, ORIGINS)}; "
+                    f"allowed: {', '.join(ORIGINS)}"
+                )
+            multiturn = tuple(e for e in multiturn if e.origin == origin)
+            if not multiturn:
+                raise ValueError(f"restrict: no multi-turn evol has origin {origin!r}")
+            what = f"multi-turn evol of origin {origin!r}"
         if multiturn_evols is not None:
             wanted = _as_names(multiturn_evols, "multiturn_evols")
-            _check_known("multi-turn evol", wanted, [e.name for e in multiturn])
+            _check_known(what, wanted, [e.name for e in multiturn])
             multiturn = tuple(e for e in multiturn if e.name in wanted)
 
         return Taxonomy(new_tasks, general, multiturn, directory=self.directory)
@@ -417,10 +455,14 @@ def _require_mapping(data: Any, top_key: str, key: str, source: str) -> Any:
     return data[top_key]
 
 
-def _check_fields(raw: Any, fields: Sequence[str], key: str, source: str) -> None:
+def _check_fields(
+    raw: Any, fields: Sequence[str], key: str, source: str, later: Sequence[str] = ()
+) -> None:
+    """Reject a non-mapping, missing and unknown fields; ``later`` fields (allowed, but
+    checked for presence by the caller, which can name the entry by then) are skipped."""
     if not isinstance(raw, dict):
         raise ConfigError(key, f"expected a mapping with {', '.join(fields)}", source=source)
-    missing = [f for f in fields if f not in raw]
+    missing = [f for f in fields if f not in raw and f not in later]
     if missing:
         raise ConfigError(key, f"missing field(s) {', '.join(missing)}", source=source)
     extra = sorted(str(f) for f in raw if f not in fields)
@@ -436,12 +478,29 @@ def _text(raw: dict[str, Any], field: str, key: str, source: str) -> str:
     return value
 
 
+def _origin(raw: dict[str, Any], key: str, source: str) -> str:
+    allowed = " or ".join(ORIGINS)
+    if "origin" not in raw:
+        raise ConfigError(
+            f"{key}.origin",
+            f"missing field origin; must be {allowed} "
+            f"({ORIGIN_M2LINGUAL} = seen in the paper's released data, "
+            f"{ORIGIN_PROJECT} = this project's extension)",
+            source=source,
+        )
+    value = raw["origin"]
+    if value not in ORIGINS:
+        raise ConfigError(f"{key}.origin", f"{value!r} is not one of {allowed}", source=source)
+    return str(value)
+
+
 def _parse_evol(raw: Any, kind: str, key: str, source: str) -> Evol:
-    _check_fields(raw, _EVOL_FIELDS, key, source)
+    _check_fields(raw, _EVOL_FIELDS, key, source, later=("origin",))
     name = _text(raw, "name", key, source)
     if not _EVOL_NAME.match(name):
         raise ConfigError(f"{key}.name", f"{name!r} is not UPPER_SNAKE_CASE", source=source)
     key = key.rsplit("[", 1)[0] + f".{name}"  # locate later problems by name, not index
+    origin = _origin(raw, key, source)
     description = _text(raw, "description", key, source)
     prompt = _text(raw, "prompt", key, source)
     try:
@@ -471,7 +530,7 @@ def _parse_evol(raw: Any, kind: str, key: str, source: str) -> Evol:
             "must use at least one of {history}, {last_user}, {last_assistant}",
             source=source,
         )
-    return Evol(name=name, description=description, prompt=prompt, kind=kind)
+    return Evol(name=name, description=description, prompt=prompt, kind=kind, origin=origin)
 
 
 def _parse_evol_list(raw: Any, kind: str, key: str, source: str) -> tuple[Evol, ...]:

@@ -25,11 +25,13 @@ M2L_SCRIPT = Path(sys.executable).parent / "m2l"
 
 
 def small_job(out_uri: str, **sections: Any) -> dict[str, Any]:
-    """jobs/local.yaml, made small: few seeds, short outputs, greedy (deterministic on CPU)."""
+    """jobs/local.yaml, made small: few seeds, one evolution each, grown into a 2-turn
+    conversation, short outputs, greedy (deterministic on CPU)."""
     cfg = yaml.safe_load((REPO / "jobs/local.yaml").read_text())
     cfg["seeds"] = {"sources": ["package:sample"], "languages": ["en", "es", "fr"],
                     "tasks": ["question_answering", "open_ended"], "per_group_cap": 1}
     cfg["turns"] = {"min": 2, "max": 2}
+    cfg["evol"] = {"per_seed": 1, "multiturn_share": 1.0}  # one multi-turn item per seed
     cfg["engine"].update(cpu_kvcache_gb=1)
     cfg["engine"]["sampling"].update(temperature=0.0, max_tokens=96, evolve_max_tokens=64,
                                      user_turn_max_tokens=64)

@@ -95,4 +95,13 @@ def test_validate_reads_gzip_and_bom_seed_files(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["seeds_read"] == 6 and out["seeds_usable"] == 6 and out["quarantined"] == {}
+    # the shape of the output before anything runs: K evolutions per seed, some multi-turn
+    shape = out["planned"]
+    assert shape["rows_seed_data"] == 6 and shape["evolved_pairs"] == 6  # small_job: per_seed 1
+    assert shape["rows_full_data"] == 6 + 6 + shape["multiturn_conversations"]
+    assert shape["requests"] == 2 * 6 + 2 * shape["multiturn_conversations"]  # 2-turn conversations
+    fan = m2l("validate", "--config", str(job), "--set", "evol.per_seed=3", "--set", "evol.multiturn_share=0",
+              cwd=tmp_path, timeout=120, extra_env={"RAY_ADDRESS": ""})
+    assert json.loads(fan.stdout)["planned"]["evolved_pairs"] == 18
+    assert json.loads(fan.stdout)["planned"]["multiturn_conversations"] == 0
     assert not os.path.exists(tmp_path / "out")  # validate writes nothing

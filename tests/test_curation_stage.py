@@ -32,7 +32,7 @@ def registry() -> LanguageRegistry:
 def raw_row(id_, lang, turns, status="ok", task="open_qa"):
     conv = [{"role": r, "content": c} for r, c in turns]
     row = {f.name: None for f in RAW_SCHEMA}
-    row.update({"id": id_, "language_code": lang, "language": lang, "task": task,
+    row.update({"key": id_, "kind": "multiturn" if len(conv) > 2 else "evolved", "language_code": lang, "language": lang, "task": task,
                 "conversation": conv, "status": status, "no_of_turns": len(conv) // 2,
                 "failures": [], "work_unit": 0})
     return row
@@ -104,9 +104,9 @@ def test_curate_reasons_stats_and_determinism(curation_ray, registry):
 
     cfg = CurationConfig.from_dict(CFG)
     res = curate(_ds(corpus()), cfg, registry)
-    kept = {r["id"]: r for r in _collect(res.kept)}
-    dropped = {r["id"]: r for r in _collect(res.dropped)}
-    assert set(kept) | set(dropped) == {r["id"] for r in corpus()}
+    kept = {r["key"]: r for r in _collect(res.kept)}
+    dropped = {r["key"]: r for r in _collect(res.dropped)}
+    assert set(kept) | set(dropped) == {r["key"] for r in corpus()}
     want = {
         "en-failed": ("generation_failed", None),
         "en-refusal": ("refusal", 1),
@@ -146,7 +146,7 @@ def test_curate_reasons_stats_and_determinism(curation_ray, registry):
     # same input, cut into different blocks: the same rows are kept
     cfg2 = CurationConfig.from_dict({**CFG, "block_rows": 7, "dedup": {"num_partitions": 3}})
     again = curate(_ds(list(reversed(corpus()))), cfg2, registry)
-    assert {r["id"] for r in _collect(again.kept)} == set(kept)
+    assert {r["key"] for r in _collect(again.kept)} == set(kept)
 
 
 def test_annotate_only_keeps_everything_but_failed(curation_ray, registry):
@@ -154,8 +154,8 @@ def test_annotate_only_keeps_everything_but_failed(curation_ray, registry):
 
     cfg = CurationConfig.from_dict({**CFG, "annotate_only": True})
     res = curate(_ds(corpus()), cfg, registry)
-    kept = {r["id"]: r for r in _collect(res.kept)}
-    assert set(kept) == {r["id"] for r in corpus()} - {"en-failed"}
+    kept = {r["key"]: r for r in _collect(res.kept)}
+    assert set(kept) == {r["key"] for r in corpus()} - {"en-failed"}
     assert "refusal@1" in kept["en-refusal"]["curation_flags"]
     assert "lid_mismatch@1" in kept["fr-english"]["curation_flags"]
     dup_flags = [kept[i]["curation_flags"] for i in ("en-good", "en-dup")]

@@ -60,10 +60,10 @@ def test_job_succeeds_with_progress_and_summary(job):
     assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
     assert "[generate]" in proc.stdout and "conversations" in proc.stdout
     assert "[done]" in proc.stdout and "[summary]" in proc.stdout
-    # the count moves as engines finish conversations, not only when one of the 3 blocks
-    # returns: 0, the end (7) and at least two counts between them
-    counts = {int(n) for n in re.findall(r"\[generate\] .*?(\d+)/7 conversations", proc.stdout)}
-    assert {0, 7} <= counts and len(counts) >= 4, proc.stdout[-3000:]
+    # the count moves as engines finish items, not only when one of the blocks returns:
+    # 0, the end (7 seeds x 2 evolutions) and at least two counts between them
+    counts = {int(n) for n in re.findall(r"\[generate\] .*?(\d+)/14 conversations", proc.stdout)}
+    assert {0, 14} <= counts and len(counts) >= 4, proc.stdout[-3000:]
     # finished requests move it sooner still, and the ETA waits for the first of them
     lines = [x for x in proc.stdout.splitlines() if x.startswith("[generate]") and " requests (" in x]
     requests = [int(re.search(r"(\d+)/\d+ requests", x).group(1)) for x in lines]
@@ -77,8 +77,9 @@ def test_job_succeeds_with_progress_and_summary(job):
     assert "Running Dataset" not in proc.stdout + proc.stderr  # Ray Data's own progress is off
     stats = json.loads((d / "out/stats.json").read_text())
     assert stats["seeds_quarantined"] == 3
-    # en x3, es x3, tok x1 (the planted en seed competes with the shipped one: cap 1 per group)
-    assert stats["conversations_raw"] == stats["seeds_selected"] == 7
+    # en x3, es x3, tok x1 (the planted en seed competes with the shipped one: cap 1 per group),
+    # each evolved twice (evol.per_seed 2 in jobs/local.yaml)
+    assert stats["seeds_selected"] == 7 and stats["items_raw"] == 14
 
 
 def test_raw_rows_have_structure_and_provenance(job):
@@ -88,13 +89,24 @@ def test_raw_rows_have_structure_and_provenance(job):
     raw = pq.read_table(sorted(str(p) for p in (d / "out/raw").glob("unit-*.parquet")))
     assert raw.schema.names == RAW_SCHEMA.names
     rows = raw.to_pylist()
-    assert len({r["seed_id"] for r in rows}) == len(rows) == 7
+    assert len({r["key"] for r in rows}) == len(rows) == 14
+    per_seed: dict[str, list] = {}
+    for r in rows:
+        per_seed.setdefault(r["seed_id"], []).append(r)
+    assert len(per_seed) == 7 and all(sorted(x["evol_slot"] for x in v) == [0, 1] for v in per_seed.values())
+    for items in per_seed.values():  # K distinct evol types per seed
+        assert len({x["task_evol_type"] for x in items}) == 2
+    multi = [r for r in rows if r["kind"] == "multiturn"]
+    assert 0 < len(multi) < len(rows), "evol.multiturn_share 0.5 grows some pairs, not all"
+    for r in multi:
+        assert len(r["multiturn_evol_types"]) == r["planned_turns"] - 1 >= 1
+        assert r["multiturn_evol_type"] == r["multiturn_evol_types"][0]
     ok = [r for r in rows if r["status"] == "ok"]
     assert ok, [r["failures"] for r in rows]
     for r in ok:
         conv = r["conversation"]
         assert [m["role"] for m in conv] == ["user", "assistant"] * r["no_of_turns"]
-        assert r["no_of_turns"] == r["planned_turns"] and 2 <= r["no_of_turns"] <= 3
+        assert r["no_of_turns"] == r["planned_turns"] and 1 <= r["no_of_turns"] <= 3
         assert conv[0]["content"] == r["evolved_user_prompt"] != r["seed_prompt"]
         assert conv[1]["content"] == r["output_assistant_reply"]
         assert [m["content"] for m in conv[2::2]] == r["evolved_multiturn_prompt"]
@@ -115,7 +127,7 @@ def test_added_language_went_end_to_end(job):
     d, _, _ = job
     raw = pq.read_table(sorted(str(p) for p in (d / "out/raw").glob("unit-*.parquet"))).to_pylist()
     tok = [r for r in raw if r["language_code"] == "tok"]
-    assert len(tok) == 1 and tok[0]["language"] == "Toki Pona" and tok[0]["script"] == "Latn"
+    assert len(tok) == 2 and tok[0]["language"] == "Toki Pona" and tok[0]["script"] == "Latn"
     assert tok[0]["prompt_tokens"] > 0  # it was really sent to the model
 
 
@@ -126,24 +138,60 @@ def test_quarantine_names_file_row_and_reason(job):
         ("bad.jsonl", 2, "invalid_json"), ("bad.jsonl", 3, "unknown_language"), ("bad.jsonl", 4, "empty_text")}
 
 
-def test_final_output_is_committed_and_readable(job):
+def test_three_configs_are_committed_and_load_by_name(job):
     d, _, _ = job
-    manifest = json.loads((d / "out/manifest.json").read_text())
-    files = [str(d / "out" / s["key"]) for s in manifest["shards"]]
-    assert [s["key"] for s in manifest["shards"]] == ["final/part-00000.parquet"]
+    out = d / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(s["key"] for s in manifest["shards"]) == [
+        "full_data/part-00000.parquet", "seed_data/part-00000.parquet", "seed_evol_data/part-00000.parquet"]
     import datasets
-    import pandas as pd
 
-    df = pd.concat(pd.read_parquet(f) for f in files)
-    assert list(df.columns[: len(PUBLIC_NAMES)]) == PUBLIC_NAMES
-    assert len(df) == manifest["rows"] == manifest["summary"]["conversations_final"]
-    assert (df["status"] == "ok").all()
-    hf = datasets.load_dataset("parquet", data_files=files, split="train")
-    assert hf.num_rows == len(df)
-    stats = json.loads((d / "out/stats.json").read_text())
+    loaded = {name: datasets.load_dataset(str(out), name, split="train")
+              for name in ("seed_data", "seed_evol_data", "full_data")}
+    rows = {name: ds.to_list() for name, ds in loaded.items()}
+    assert {n: len(r) for n, r in rows.items()} == manifest["rows"]
+    assert {r["kind"] for r in rows["seed_data"]} == {"seed"} and len(rows["seed_data"]) == 7
+    assert {r["kind"] for r in rows["seed_evol_data"]} <= {"evolved"}
+    seeds = {r["seed_id"] for r in rows["seed_data"]}
+    evolved = rows["seed_evol_data"]
+    assert {r["seed_id"] for r in evolved} <= seeds  # every seed_evol_data seed is in seed_data
+    for sid in {r["seed_id"] for r in evolved}:  # at most K pairs per seed, distinct evol types
+        types = [r["task_evol_type"] for r in evolved if r["seed_id"] == sid]
+        assert len(types) <= 2 and len(set(types)) == len(types)
+    assert all(r["no_of_turns"] == 1 and r["status"] == "ok" for r in evolved)
+    full = rows["full_data"]
+    multi = [r for r in full if r["kind"] == "multiturn"]
+    raw_keys = {r["key"] for r in pq.read_table(sorted(str(p) for p in (out / "raw").glob("*.parquet")))
+                .to_pylist() if r["kind"] == "multiturn"}
+    # multi-turn rows grew from evolved pairs that passed, and record one evol type per turn
+    assert all(r["key"].endswith("-mt") and r["key"][:-3] in raw_keys and r["pair_status"] == "ok"
+               for r in multi)
+    assert all(len(r["multiturn_evol_types"]) == r["no_of_turns"] - 1 for r in multi)
+    assert len(full) == len(rows["seed_data"]) + len(evolved) + len(multi)
+    assert [r["id"] for r in full] == list(range(len(full)))
+    # a public-schema table concatenates with ours
+    public = datasets.Features({
+        "id": datasets.Value("int32"), "task_evol_type": datasets.Value("string"),
+        "task_evol_prompt": datasets.Value("string"), "seed_prompt": datasets.Value("string"),
+        "output_assistant_reply": datasets.Value("string"), "evolved_user_prompt": datasets.Value("string"),
+        "multiturn_evol_type": datasets.Value("string"), "multiturn_evol_prompt": datasets.Value("string"),
+        "no_of_turns": datasets.Value("int32"), "language": datasets.Value("string"),
+        "task": datasets.Value("string"),
+        "evolved_multiturn_prompt": datasets.Sequence(datasets.Value("string")),
+        "conversation": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+    })
+    theirs = datasets.Dataset.from_list([{
+        "id": 1, "task_evol_type": "X", "task_evol_prompt": "p", "seed_prompt": "s",
+        "output_assistant_reply": "a", "evolved_user_prompt": "e", "multiturn_evol_type": "PRONOUNS",
+        "multiturn_evol_prompt": "m", "no_of_turns": 1, "language": "English", "task": "qa",
+        "evolved_multiturn_prompt": [], "conversation": [{"role": "user", "content": "hi"}]}], features=public)
+    ours = loaded["full_data"].select_columns(PUBLIC_NAMES).cast(public)
+    both = datasets.concatenate_datasets([theirs, ours])
+    assert both.num_rows == len(full) + 1
+    stats = json.loads((out / "stats.json").read_text())
     assert stats["conversations_final"] + sum(stats["drop_reasons"].values()) == stats["conversations_raw"]
-    card = (d / "out/dataset_card.md").read_text()
-    assert manifest["config_hash"] in card and "| tok |" in card
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and manifest["config_hash"] in card and "| tok |" in card
 
 
 def test_rerun_of_a_finished_job_is_a_noop(job):

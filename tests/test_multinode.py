@@ -217,6 +217,8 @@ def small_sets(out: Path, languages: Sequence[str], tasks: Sequence[str], actors
         "seeds.per_group_cap": "1",
         "turns.min": "2",
         "turns.max": "2",
+        "evol.per_seed": "1",  # one evolution per seed, grown into a conversation
+        "evol.multiturn_share": "1",
         "engine.num_actors": str(actors),
         "engine.resources.m2l_engine": "1",  # one engine per node
         "engine.cpu_kvcache_gb": "1",
@@ -291,22 +293,26 @@ def raw_units(out: Path) -> list[Path]:
 
 
 def check_output(out: Path, conversations: int) -> dict[str, Any]:
-    """Every planned conversation exactly once in raw/; final/ exactly what the manifest lists."""
+    """Every planned item exactly once in raw/; the configs exactly what the manifest lists."""
     stats = json.loads((out / "stats.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
-    assert stats["seeds_selected"] == stats["conversations_raw"] == conversations
+    assert stats["seeds_selected"] == stats["items_raw"] == conversations
     raw = pq.read_table([str(p) for p in raw_units(out)]).to_pylist()
     assert len(raw_units(out)) == stats["work_units"] == conversations  # work_unit_size 1
-    seed_ids = [r["seed_id"] for r in raw]
-    assert len(seed_ids) == len(set(seed_ids)) == conversations
+    keys = [r["key"] for r in raw]
+    assert len(keys) == len(set(keys)) == conversations
+    seed_ids = {r["seed_id"] for r in raw}
     assert all(r["config_hash"] == manifest["config_hash"] for r in raw)
     shards = [out / s["key"] for s in manifest["shards"]]
-    final = pq.read_table([str(p) for p in shards]).to_pylist() if shards else []
-    assert sorted(p.name for p in (out / "final").glob("*.parquet")) == sorted(p.name for p in shards)
-    assert len(final) == manifest["rows"] == stats["conversations_final"]
-    assert len({r["id"] for r in final}) == len(final)
-    assert {r["seed_id"] for r in final} <= set(seed_ids)
-    assert stats["conversations_final"] + sum(stats["drop_reasons"].values()) == conversations
+    on_disk = sorted(str(p.relative_to(out)) for name in ("seed_data", "seed_evol_data", "full_data")
+                     for p in (out / name).glob("*.parquet"))
+    assert on_disk == sorted(s["key"] for s in manifest["shards"])
+    full = pq.read_table([str(p) for p in shards if p.parent.name == "full_data"]).to_pylist()
+    assert len(full) == manifest["rows"]["full_data"]
+    assert len(full) == stats["conversations_final"] + manifest["rows"]["seed_data"]
+    assert len({r["id"] for r in full}) == len(full)
+    assert {r["seed_id"] for r in full} <= seed_ids
+    assert stats["conversations_final"] + sum(stats["drop_reasons"].values()) == stats["conversations_raw"]
     assert not (out / "_lock.json").exists()
     return stats
 

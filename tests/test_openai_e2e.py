@@ -143,7 +143,7 @@ def test_openai_job_produces_the_dataset(job):
     assert "[generate]" in proc.stdout and "openai" in proc.stdout and "[done]" in proc.stdout
     manifest = json.loads((d / "out/manifest.json").read_text())
     assert manifest["config"]["engine"]["kind"] == "openai"
-    assert (d / "out/final/part-00000.parquet").exists()
+    assert (d / "out/full_data/part-00000.parquet").exists()
     # the schedule really threw errors at the job, and they were retried
     assert 429 in first["statuses"] and 500 in first["statuses"]
 

@@ -190,7 +190,7 @@ def test_counted_engine_counts_every_request_and_what_a_conversation_really_need
     row = asyncio.run(synth(engine, registry, taxonomy).run(p))
     assert row["status"] == "failed"
     assert tally.requests == len(inner.requests)  # the failed request counts as finished
-    made = engine.by_seed.pop(p.seed_id)
+    made = engine.by_item.pop(p.key)
     assert made == len(inner.requests) < planned_requests(p)
     assert tally.tokens == row["completion_tokens"]
 

@@ -28,14 +28,16 @@ def taxonomy() -> Taxonomy:
 
 def planned(taxonomy: Taxonomy, lang: str = "es", turns: int = 3, evols: int = 2) -> PlannedConversation:
     return PlannedConversation(
+        key="abc123-0",
         seed_id="abc123",
+        evol_slot=0,
         language_code=lang,
         task="question_answering",
         instruction="¿Cuál es la capital de Francia?",
         reference_answer="París.",
         seed_source="test",
         task_evols=tuple(e.name for e in taxonomy.evols_for("question_answering")[:evols]),
-        multiturn_evol=taxonomy.multiturn_evols[0].name,
+        multiturn_evols=tuple(e.name for e in taxonomy.multiturn_evols[: turns - 1]),
         turns=turns,
         work_unit=0,
         request_seed=7,
@@ -119,7 +121,7 @@ def test_prompt_too_long_is_a_row_failure(registry, taxonomy):
     assert row["status"] == "failed"
     assert row["failures"][-1] == {
         "step": "user.2", "reason": "prompt_too_long",
-        "detail": "abc123:user.2: 5000 prompt tokens, max_model_len 2048",
+        "detail": "abc123-0:user.2: 5000 prompt tokens, max_model_len 2048",
     }
     assert row["no_of_turns"] == 1
 

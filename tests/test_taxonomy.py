@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from m2l_ray.errors import ConfigError
-from m2l_ray.taxonomy import DEFAULT_DIRECTORY, Evol, Taxonomy, template_placeholders
+from m2l_ray.languages import LanguageRegistry
+from m2l_ray.prompts import instruction_problem, next_user_messages, prompt_book
+from m2l_ray.taxonomy import DEFAULT_DIRECTORY, ORIGINS, Evol, Taxonomy, template_placeholders
 
 FILES = ("tasks.yaml", "general_evols.yaml", "multiturn_evols.yaml")
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -37,6 +39,14 @@ MULTITURN_NAMES = {
     "STEP_BY_STEP", "CRITIQUE", "ROLE_PLAY", "SENSITIVITY_CHECK", "CONSTRAINT_ADDITION",
     "APPLICATION", "CONTRADICTION_CHECK",
 }
+# The multi-turn evol types seen in the paper's released data (ServiceNow-AI/M2Lingual).
+M2LINGUAL_MULTITURN = {
+    "REFOCUS_QUERIES", "RECALL_INFORMATION", "FEEDBACK_HANDLING_FOLLOW_UP",
+    "PERSONA_REWRITING_FOLLOW_UP", "CLARIFICATION", "GENERIC_REWRITING_FOLLOW_UP",
+    "OPEN_ENDED_QUESTIONS", "AMBIGUOUS_FOLLOW_UP", "COMPLEX_QUERIES", "REDIRECTION_FOLLOW_UP",
+    "CHALLENGING_FOLLOW_UP", "RANDOM_FOLLOW_UP", "PRONOUNS",
+}
+NEW_MULTITURN = M2LINGUAL_MULTITURN - {"RECALL_INFORMATION", "CLARIFICATION"}
 STEP1_VALUES = {"language": "Yoruba", "task": "Summarization", "seed": "Ṣe akopọ {ọrọ} yii."}
 MT_VALUES = {
     "language": "Hindi",
@@ -380,3 +390,186 @@ def test_fingerprint_changes_on_edit(tax: Taxonomy, tmp_path: Path) -> None:
         sub.mkdir()
         fingerprints.add(Taxonomy.load(write_taxonomy(sub, mutate)).fingerprint())
     assert len(fingerprints) == 4
+
+
+# -- origin ---------------------------------------------------------------------------------
+
+
+def _raw_entries(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(file, raw entry) for every evol in the raw YAML data, task evols included."""
+    entries = [("general_evols.yaml", e) for e in data["general_evols.yaml"]["evols"]]
+    entries += [("multiturn_evols.yaml", e) for e in data["multiturn_evols.yaml"]["evols"]]
+    for task in data["tasks.yaml"]["tasks"].values():
+        if isinstance(task["evols"], list):
+            entries += [("tasks.yaml", e) for e in task["evols"]]
+    return entries
+
+
+def test_released_multiturn_types_are_present_with_origin_m2lingual(tax: Taxonomy) -> None:
+    assert len(M2LINGUAL_MULTITURN) == 13
+    for name in sorted(M2LINGUAL_MULTITURN):
+        assert tax.multiturn(name).origin == "m2lingual", name
+    marked = {e.name for e in tax.multiturn_evols if e.origin == "m2lingual"}
+    assert marked == M2LINGUAL_MULTITURN  # and nothing else claims to be the paper's
+
+
+def test_every_entry_has_a_valid_origin(tax: Taxonomy) -> None:
+    # in the files themselves (the Evol dataclass default must not hide a missing field) ...
+    data = {f: yaml.load((DEFAULT_DIRECTORY / f).read_text("utf-8"), _LOADER) for f in FILES}
+    entries = _raw_entries(data)
+    assert len(entries) == len(all_evols(tax))
+    for file, raw in entries:
+        assert raw.get("origin") in ORIGINS, (file, raw["name"])
+    # ... and on the loaded objects, where only released multi-turn types are m2lingual
+    for evol in all_evols(tax):
+        expected = (
+            "m2lingual"
+            if evol.kind == "multiturn" and evol.name in M2LINGUAL_MULTITURN
+            else "m2l-ray"
+        )
+        assert evol.origin == expected, (evol.kind, evol.name)
+        assert evol.as_dict()["origin"] == expected
+
+
+def test_every_file_explains_origin_in_its_header() -> None:
+    for file in FILES:
+        header = (DEFAULT_DIRECTORY / file).read_text("utf-8").split("\n\n", 1)[0]
+        assert header.startswith("#"), file
+        assert "origin" in header and "m2lingual" in header and "m2l-ray" in header, file
+
+
+def _set_origin(file: str, task: str | None, index: int, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(data: dict[str, Any]) -> None:
+        evols = data[file]["tasks"][task]["evols"] if task else data[file]["evols"]
+        if value is None:
+            del evols[index]["origin"]
+        else:
+            evols[index]["origin"] = value
+    return mutate
+
+
+def _entry_name(file: str, task: str | None, index: int) -> str:
+    data = yaml.load((DEFAULT_DIRECTORY / file).read_text("utf-8"), _LOADER)
+    evols = data["tasks"][task]["evols"] if task else data["evols"]
+    return str(evols[index]["name"])
+
+
+@pytest.mark.parametrize(
+    ("file", "task", "index"),
+    [
+        ("multiturn_evols.yaml", None, 3),
+        ("general_evols.yaml", None, 0),
+        ("tasks.yaml", "summarization", 2),
+    ],
+)
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (None, "missing field origin; must be m2lingual or m2l-ray"),
+        ("M2Lingual", "'M2Lingual' is not one of m2lingual or m2l-ray"),
+        ("paper", "'paper' is not one of m2lingual or m2l-ray"),
+        ("", "'' is not one of m2lingual or m2l-ray"),
+        (["m2lingual"], "['m2lingual'] is not one of m2lingual or m2l-ray"),
+    ],
+)
+def test_missing_or_invalid_origin_is_a_config_error_naming_file_entry_and_field(
+    tmp_path: Path, file: str, task: str | None, index: int, value: Any, problem: str
+) -> None:
+    directory = write_taxonomy(tmp_path, _set_origin(file, task, index, value))
+    with pytest.raises(ConfigError) as info:
+        Taxonomy.load(directory)
+    err = info.value
+    entry = _entry_name(file, task, index)
+    where = f"taxonomy.{Path(file).stem}." + (f"{task}." if task else "")
+    assert err.key == f"{where}{entry}.origin"
+    assert err.source == str(directory / file)
+    assert problem in err.problem
+
+
+def test_evol_rejects_an_unknown_origin() -> None:
+    assert Evol("X", "d.", "{history} in {language}", "multiturn").origin == "m2l-ray"
+    with pytest.raises(ValueError, match="origin"):
+        Evol("X", "d.", "{history} in {language}", "multiturn", origin="paper")
+
+
+def test_restrict_to_m2lingual_leaves_exactly_the_released_multiturn_types(tax: Taxonomy) -> None:
+    sub = tax.restrict(origin="m2lingual")
+    assert {e.name for e in sub.multiturn_evols} == M2LINGUAL_MULTITURN
+    assert len(sub.multiturn_evols) == 13
+    assert all(e.origin == "m2lingual" for e in sub.multiturn_evols)
+    # file order is kept
+    order = [e.name for e in tax.multiturn_evols if e.name in M2LINGUAL_MULTITURN]
+    assert [e.name for e in sub.multiturn_evols] == order
+    # step-1 evols are untouched: none of them is m2lingual, the filter is for multi-turn only
+    assert sub.tasks == tax.tasks
+    assert sub.general_evols == tax.general_evols
+    assert sub.fingerprint() != tax.fingerprint()
+    with pytest.raises(KeyError, match="FOLLOW_UP"):
+        sub.multiturn("FOLLOW_UP")
+
+
+def test_restrict_to_project_origin_is_the_complement(tax: Taxonomy) -> None:
+    ours = {e.name for e in tax.restrict(origin="m2l-ray").multiturn_evols}
+    assert ours and not ours & M2LINGUAL_MULTITURN
+    assert ours | M2LINGUAL_MULTITURN == {e.name for e in tax.multiturn_evols}
+
+
+def test_restrict_origin_combines_with_the_other_filters(tax: Taxonomy) -> None:
+    sub = tax.restrict(
+        ["summarization"], ["LENGTH_LIMIT"], ["PRONOUNS", "CLARIFICATION"], origin="m2lingual"
+    )
+    assert list(sub.tasks) == ["summarization"]
+    assert [e.name for e in sub.evols_for("summarization")] == ["LENGTH_LIMIT"]
+    assert [e.name for e in sub.multiturn_evols] == ["CLARIFICATION", "PRONOUNS"]
+    # a multi-turn evol of the other origin is refused, not silently dropped
+    with pytest.raises(ValueError, match="FOLLOW_UP"):
+        tax.restrict(multiturn_evols=["PRONOUNS", "FOLLOW_UP"], origin="m2lingual")
+
+
+def test_restrict_bad_origin_raises_value_error(tax: Taxonomy) -> None:
+    with pytest.raises(ValueError, match="m2lingual"):
+        tax.restrict(origin="M2LINGUAL")
+    with pytest.raises(ValueError, match="no multi-turn evol has origin 'm2lingual'"):
+        tax.restrict(multiturn_evols=["FOLLOW_UP"]).restrict(origin="m2lingual")
+    assert tax.restrict(origin=None) == tax
+
+
+def test_new_multiturn_prompts_follow_the_house_style(tax: Taxonomy) -> None:
+    reference = tax.multiturn("RECALL_INFORMATION").prompt
+    opening = reference.split("{history}")[0]
+    rules = reference[reference.index("Rules:"):]
+    bodies = set()
+    for name in sorted(NEW_MULTITURN):
+        evol = tax.multiturn(name)
+        assert evol.prompt.startswith(opening + "{history}\n\n"), name
+        assert evol.prompt.endswith("\n\n" + rules), name  # the exact closing Rules paragraph
+        assert evol.placeholders == {"history", "language"}, name
+        assert "\n" not in evol.description and evol.description.endswith("."), name
+        body = evol.prompt[len(opening + "{history}\n\n"): -len(rules)].strip()
+        assert body.startswith("Write the user's next message"), name
+        bodies.add(body)
+    assert len(bodies) == len(NEW_MULTITURN)  # each type has its own instruction
+    assert len({tax.multiturn(n).description for n in M2LINGUAL_MULTITURN}) == 13
+
+
+def test_new_multiturn_prompts_render_as_the_synthesizer_does(tax: Taxonomy) -> None:
+    book = prompt_book()
+    lang = LanguageRegistry.load().get("hi")
+    conversation = [
+        {"role": "user", "content": "दिल्ली में घूमने की तीन जगहें बताइए।"},
+        {"role": "assistant", "content": "लाल किला, कुतुब मीनार और इंडिया गेट।"},
+    ]
+    for name in sorted(NEW_MULTITURN):
+        evol = tax.multiturn(name)
+        messages = next_user_messages(book, evol, lang, conversation)
+        assert [m["role"] for m in messages] == ["system", "user"], name
+        prompt = messages[1]["content"]
+        assert "User: दिल्ली में घूमने की तीन जगहें बताइए।\nAssistant: लाल किला" in prompt, name
+        assert f"in {lang.name}," in prompt, name
+        assert not re.search(r"\{[a-z_]+\}", prompt), name  # every placeholder filled
+        # the output checks know this template: a model echoing it is caught as leakage
+        problem = instruction_problem(book, prompt, lang, template=evol.prompt)
+        assert problem is not None and problem[0] == "template_leakage", name
+        # while a plausible user turn in the language passes
+        turn = "इनमें से कौन सी जगह बच्चों के साथ जाने के लिए सबसे अच्छी है, और क्यों?"
+        assert instruction_problem(book, turn, lang, template=evol.prompt) is None, name

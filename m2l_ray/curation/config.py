@@ -106,7 +106,7 @@ class DedupConfig:
     char_ngram: int = 5  # character n-grams for languages written without spaces
     segmentation: str = "registry"
     verify: str = "exact"
-    key_field: str | None = "id"  # decides which member of a cluster is kept
+    key_field: str | None = "key"  # decides which member of a cluster is kept (the row key)
     seed: int = 1
     block_rows: int = 20_000  # rows per signature task (spreads one big file over CPUs)
     driver_max_edges: int = 5_000_000  # above this, connected components run on Ray
