@@ -82,7 +82,8 @@ def run_pipeline(cfg, n_seeds: int, record_dir: str) -> list[dict]:
     ctx = prepare(cfg)
     read = read_seeds(cfg.seeds, ctx.registry, set(ctx.task_ids))
     sel = select(read.seeds, cfg.seed, 100, None, None).selected[:n_seeds]
-    planned = plan(sel, ctx.taxonomy, cfg.seed, cfg.turns.min, cfg.turns.max, 16, cfg.engine.evol_attempts)
+    planned = plan(sel, ctx.taxonomy, cfg.seed, cfg.turns.min, cfg.turns.max, 16, cfg.engine.evol_attempts,
+                   cfg.evol.per_seed, cfg.evol.multiturn_share)
     s = pool_settings(cfg.engine, len(planned))
     ray.init(num_cpus=2)
     ds = ray.data.from_items([p.to_row() for p in planned], override_num_blocks=s["num_blocks"])
