@@ -29,7 +29,7 @@ def _run(args: argparse.Namespace) -> int:
         from m2l_ray.pipeline import RAY_PROGRESS_ENV
 
         os.environ[RAY_PROGRESS_ENV] = "1"
-    run(cfg, RunOptions(ray_address=args.address, force_lock=args.force_lock))
+    run(cfg, RunOptions(ray_address=args.address, force_lock=args.force_lock, restart=args.restart))
     return 0
 
 
@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     r.add_argument("--force-lock", action="store_true",
                    help="take over the output lock of a run that is known to be dead")
+    r.add_argument("--restart", action="store_true",
+                   help="discard this output's unfinished raw units (made with another config) first")
     r.add_argument("--ray-progress", action="store_true",
                    help="also show Ray Data's own per-operator progress (or set M2L_RAY_PROGRESS=1)")
     r.set_defaults(func=_run)

@@ -135,12 +135,13 @@ class JobConfig:
         d.pop("source", None)
         return _jsonable(d)
 
-    def config_hash(self) -> str:
-        """Stable hash of what determines the output, not of where or how fast it is made.
+    def hashed(self) -> dict[str, Any]:
+        """What determines the output, not where or how fast it is made.
 
         Left out: output location, storage endpoint, progress interval, actor count and
-        resources, the watchdog limits, and the openai engine's server address, key variable and rate limits,
-        so that moving a job or tuning its throughput still resumes the same dataset.
+        resources, the watchdog limits, and the openai engine's server address, key
+        variable and rate limits, so that moving a job or tuning its throughput still
+        resumes the same dataset.
         """
         d = self.to_dict()
         d["output"] = {k: v for k, v in d["output"].items() if k not in ("uri", "progress_seconds")}
@@ -148,7 +149,11 @@ class JobConfig:
         for k in ("base_url", "api_key_env", "openai", "num_actors", "resources", "stall_seconds",
                   "start_seconds"):
             d["engine"].pop(k, None)
-        blob = json.dumps(d, sort_keys=True, ensure_ascii=False).encode()
+        return d
+
+    def config_hash(self) -> str:
+        """Stable hash of ``hashed()``: on every row and in the manifest."""
+        blob = json.dumps(self.hashed(), sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

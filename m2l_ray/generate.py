@@ -119,7 +119,11 @@ class ConversationGenerator:
         """Send the tally when it changed; streamed tokens change it between requests."""
         sent: dict[str, int] = {}
         while True:
-            self.tally.tokens = max(self.tally.tokens, getattr(self.engine.engine, "generated_tokens", 0))
+            inner = self.engine.engine
+            self.tally.tokens = max(self.tally.tokens, getattr(inner, "generated_tokens", 0))
+            cache = getattr(inner, "prefix_cache", None)
+            if cache:
+                self.tally.prefix_queries, self.tally.prefix_hits = cache["queries"], cache["hits"]
             now = self.tally.to_dict()
             if now != sent:
                 self.counter.report.remote(self.actor_id, now)  # fire-and-forget: progress only

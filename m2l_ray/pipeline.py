@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import queue
-import re
 import socket
 import threading
 import time
@@ -39,7 +38,8 @@ from m2l_ray.config import JobConfig
 from m2l_ray.context import JobContext, check_seed_languages, prepare
 from m2l_ray.errors import M2LError
 from m2l_ray.plan import PlannedConversation, Selection, plan, select
-from m2l_ray.progress import LiveCounter, Progress, live_poller
+from m2l_ray.progress import EngineTally, LiveCounter, Progress, live_poller
+from m2l_ray.resume import reusable_units, unit_key
 from m2l_ray.schema import RAW_SCHEMA
 from m2l_ray.seeds import Seed, read_seeds
 from m2l_ray.usage import usage_summary
@@ -50,11 +50,6 @@ LOCK_KEY = "_lock.json"
 MANIFEST_KEY = "manifest.json"
 STATS_KEY = "stats.json"
 CARD_KEY = "README.md"  # the dataset card; its YAML header makes the folder a HF dataset
-_UNIT_RE = re.compile(r"^raw/unit-(\d{5,})\.parquet$")
-
-
-def unit_key(unit: int) -> str:
-    return f"raw/unit-{unit:05d}.parquet"
 
 
 def shard_key(config: str, i: int) -> str:
@@ -65,6 +60,7 @@ def shard_key(config: str, i: int) -> str:
 class RunOptions:
     ray_address: str | None = None
     force_lock: bool = False
+    restart: bool = False  # discard unfinished raw units (of another config or plan) first
     emit: Callable[[str], None] = print
 
 
@@ -101,7 +97,7 @@ def run(cfg: JobConfig, opts: RunOptions | None = None) -> dict[str, Any]:
     run_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     _acquire(store, run_id, opts.force_lock, emit)
     try:
-        summary = _run_locked(ctx, store, emit, t0, opts.ray_address)
+        summary = _run_locked(ctx, store, emit, t0, opts.ray_address, opts.restart)
     finally:
         store.release_lock(LOCK_KEY, run_id)
     return summary
@@ -141,7 +137,8 @@ def _pid_alive(pid: Any) -> bool:
 
 
 def _run_locked(
-    ctx: JobContext, store: Any, emit: Callable[[str], None], t0: float, ray_address: str | None
+    ctx: JobContext, store: Any, emit: Callable[[str], None], t0: float, ray_address: str | None,
+    restart: bool = False,
 ) -> dict[str, Any]:
     cfg = ctx.cfg
     # seeds -> quarantine
@@ -166,11 +163,7 @@ def _run_locked(
     units: dict[int, list[PlannedConversation]] = defaultdict(list)
     for p in planned:
         units[p.work_unit].append(p)
-    done_units = {int(m.group(1)) for k in store.list("raw/") if (m := _UNIT_RE.match(k))}
-    stale = sorted(done_units - set(units))
-    if stale:
-        raise M2LError(f"{store.uri}: raw/ holds units {stale[:5]} that this plan doesn't have; "
-                       "the output prefix belongs to another job")
+    done_units = reusable_units(store, cfg, units, restart)
     todo = [p for p in planned if p.work_unit not in done_units]
     emit(f"[plan] {len(planned)} items in {len(units)} work units "
          f"({len(sel.groups)} language x task groups); {len(done_units)} units already in raw/, "
@@ -342,9 +335,13 @@ def generate(
             finished.add(u)
         prog.returned(len(rows), sum(r["status"] != "ok" for r in rows), n_req,
                       sum(r["completion_tokens"] for r in rows))
+    cache = _final_prefix_cache(counter)
     ray.kill(counter)
     prog.drop_live()  # the last line: rows returned, exact
     prog.tick(force=True)
+    if cache:
+        emit(f"[generate] prefix cache: {cache['hit_rate']:.0%} of {cache['queried_tokens']} prompt tokens "
+             "were served from the engines' cache")
     if pending:
         raise M2LError(f"generation ended with incomplete units {sorted(pending)[:5]}; rerun to resume")
     return {
@@ -357,7 +354,25 @@ def generate(
         "seconds": round(time.monotonic() - prog.start, 1),
         "actors": n_actors,
         "engines": [e.get("note", "") for e in prog.live.engines],
+        "prefix_cache": cache,
     }
+
+
+def _final_prefix_cache(counter: Any) -> dict[str, Any]:
+    """The engines' prefix-cache totals (vLLM), from their last reports (sent every second)."""
+    import ray
+
+    from m2l_ray.generate import ConversationGenerator
+
+    time.sleep(1.5 * ConversationGenerator.REPORT_SECONDS)
+    try:
+        t = EngineTally(**ray.get(counter.get.remote(), timeout=10)["tally"])
+    except Exception:  # noqa: BLE001 - a statistic: never fail the job for it
+        return {}
+    if not t.prefix_queries:
+        return {}
+    return {"queried_tokens": t.prefix_queries, "hit_tokens": t.prefix_hits,
+            "hit_rate": round(t.prefix_hits / t.prefix_queries, 3)}
 
 
 _END = object()

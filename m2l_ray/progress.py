@@ -44,6 +44,8 @@ class EngineTally:
     tokens: int = 0  # generated tokens, counted while they stream where the engine streams
     finished_tokens: int = 0  # generated tokens of finished requests only
     plan_delta: int = 0  # requests finished conversations made, minus those planned for them
+    prefix_queries: int = 0  # prompt tokens the engine's prefix cache was asked for
+    prefix_hits: int = 0  # of those, tokens it had cached
 
     def add(self, other: EngineTally) -> None:
         for f in fields(self):

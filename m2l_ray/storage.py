@@ -407,7 +407,8 @@ class Store:
     def write_parquet(self, key: str, table: pa.Table) -> dict:
         raise NotImplementedError
 
-    def read_parquet(self, key: str) -> pa.Table:
+    def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
+        """The table at ``key``; with ``columns``, only those column chunks are read."""
         raise NotImplementedError
 
     def acquire_lock(self, key: str, run_id: str, force: bool = False) -> None:
@@ -548,12 +549,12 @@ class LocalStore(Store):
         return {"key": key, "rows": table.num_rows, "bytes": buf.size,
                 "sha256": hashlib.sha256(memoryview(buf)).hexdigest()}
 
-    def read_parquet(self, key: str) -> pa.Table:
+    def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
         path = self._path(key)
         if not path.is_file():
             raise NotFound(f"{path} does not exist")
         try:
-            return pq.read_table(str(path))
+            return pq.read_table(str(path), columns=columns)
         except OSError as exc:
             raise _wrap("cannot read parquet", str(path), exc) from None
 
@@ -821,10 +822,10 @@ class S3Store(Store):
         return {"key": key, "rows": table.num_rows, "bytes": buf.size,
                 "sha256": hashlib.sha256(memoryview(buf)).hexdigest()}
 
-    def read_parquet(self, key: str) -> pa.Table:
+    def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
         path = f"{self.bucket}/{self._key(key)}"
         return self._call("read parquet", key,
-                          lambda: pq.read_table(path, filesystem=self._pyarrow_s3()))
+                          lambda: pq.read_table(path, columns=columns, filesystem=self._pyarrow_s3()))
 
     # ---- locks
 

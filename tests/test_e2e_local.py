@@ -80,6 +80,10 @@ def test_job_succeeds_with_progress_and_summary(job):
     # en x3, es x3, tok x1 (the planted en seed competes with the shipped one: cap 1 per group),
     # each evolved twice (evol.per_seed 2 in jobs/local.yaml)
     assert stats["seeds_selected"] == 7 and stats["items_raw"] == 14
+    # a seed's evolutions share their prompt's prefix, each turn re-sends the history:
+    # vLLM's prefix cache serves part of every prompt, and the run reports how much
+    cache = stats["generation"]["prefix_cache"]
+    assert 0 < cache["hit_tokens"] < cache["queried_tokens"] and 0 < cache["hit_rate"] < 1
 
 
 def test_raw_rows_have_structure_and_provenance(job):

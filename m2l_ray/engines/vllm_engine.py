@@ -44,6 +44,32 @@ def engine_args(cfg: EngineConfig, seed: int, dtype: DtypeChoice | None = None) 
     }
 
 
+def _prefix_cache_logger(totals: dict[str, int]) -> Any:
+    """A vLLM stat logger that adds up prefix-cache queries and hits (prompt tokens).
+
+    The K evolutions of a seed share their prompt's prefix and every turn re-sends the
+    history, so the hit rate says how much prefill the cache saved. A custom logger
+    turns vLLM's stats on without its default (printing) loggers.
+    """
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class PrefixCacheTally(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+                   engine_idx: int = 0) -> None:
+            pcs = getattr(scheduler_stats, "prefix_cache_stats", None)
+            if pcs is not None:
+                totals["queries"] += int(pcs.queries)
+                totals["hits"] += int(pcs.hits)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return PrefixCacheTally
+
+
 class VLLMEngine:
     kind = "vllm"
 
@@ -57,7 +83,11 @@ class VLLMEngine:
         cpu = on_cpu()
         self.dtype = resolve_dtype(cfg.dtype, cpu)
         self.note = self.dtype.note()  # said in the run log when the engine is up
-        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(cfg, seed, self.dtype)))
+        self.prefix_cache = {"queries": 0, "hits": 0}  # prompt tokens looked up / found cached
+        self._engine = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**engine_args(cfg, seed, self.dtype)),
+            stat_loggers=[_prefix_cache_logger(self.prefix_cache)],
+        )
         self._tokenizer: Any = None
         self.generated_tokens = 0  # counted as they stream: progress within seconds
         # vLLM-CPU's sampler can't take per-request seeds ("CPU Generator does not use
