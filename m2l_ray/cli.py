@@ -14,6 +14,7 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from typing import NoReturn
 
 from m2l_ray.errors import M2LError
 
@@ -82,8 +83,19 @@ def _s3_server(args: argparse.Namespace) -> int:
     return serve(args) or 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one ``m2l: error:`` line and exit 2, like every other user error
+    (argparse's own usage dump buries the line that says what is wrong)."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("m2l").strip()
+        print(f"m2l: error: {where + ': ' if where else ''}{message} (see {self.prog} --help)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="m2l", description=__doc__.splitlines()[0])
+    p = _Parser(prog="m2l", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run or resume a synthesis job")
@@ -117,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     from m2l_ray.curation.cli import register
 
     register(sub)
+    from m2l_ray import report, show
+
+    report.register(sub)
+    show.register(sub)
     return p
 
 

@@ -105,3 +105,79 @@ def test_validate_reads_gzip_and_bom_seed_files(tmp_path):
     assert json.loads(fan.stdout)["planned"]["evolved_pairs"] == 18
     assert json.loads(fan.stdout)["planned"]["multiturn_conversations"] == 0
     assert not os.path.exists(tmp_path / "out")  # validate writes nothing
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run"], "--config"),
+    (["run", "--config", "missing.yaml"], "file not found"),
+    (["validate", "--config", "missing.yaml", "--set", "nonsense"], "file not found"),
+    (["s3-server", "--port", "x"], "invalid int value"),
+    (["dedup", "in.jsonl"], "output"),
+    (["langid", "nothing-here.jsonl", "out.jsonl", "--text-field", "text"], "nothing-here.jsonl"),
+    (["show"], "output"),
+    (["report"], "output"),
+    (["bogus"], "invalid choice"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(tmp_path, argv, fragment):
+    proc = m2l(*argv, cwd=tmp_path, timeout=180, extra_env={"RAY_ADDRESS": ""})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    # log records (Ray's start-up, our INFO lines) aside, the error is one line
+    lines = [x for x in proc.stderr.splitlines() if x.strip() and not re.search(r"\s(INFO|WARNING)\s", x)]
+    assert len(lines) == 1 and lines[0].startswith("m2l: error:"), proc.stderr[-2000:]
+    assert fragment.lower() in lines[0].lower()
+
+
+def test_prepare_model_is_idempotent(tmp_path):
+    first = m2l("prepare-model", cwd=tmp_path, timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    path = first.stdout.strip().splitlines()[-1]
+    files = {p: os.stat(os.path.join(path, p)).st_mtime_ns for p in os.listdir(path)}
+    assert any(p.endswith(".safetensors") for p in files)
+    second = m2l("prepare-model", cwd=tmp_path, timeout=900)
+    assert second.returncode == 0 and second.stdout.strip().splitlines()[-1] == path
+    assert {p: os.stat(os.path.join(path, p)).st_mtime_ns for p in os.listdir(path)} == files  # untouched
+
+
+def test_dedup_and_langid_as_readme_writes_them(tmp_path):
+    text = ("The river flows past the old mill and the children play on its banks every "
+            "summer afternoon while the miller watches from his window")
+    rows = [{"text": text}, {"text": text + " today"}, {"text": "Le chat dort sur le canapé toute la journée."},
+            {"text": "Una frase completamente distinta sobre la cocina de mi abuela y sus recetas."}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    d = m2l("dedup", str(src), str(tmp_path / "dedup.jsonl"), "--text-field", "text", "--threshold", "0.8",
+            cwd=tmp_path, timeout=600, extra_env={"RAY_ADDRESS": ""})
+    assert d.returncode == 0, d.stderr[-3000:]
+    kept = [json.loads(x) for x in (tmp_path / "dedup.jsonl").read_text().splitlines()]
+    assert len(kept) == 3 and sum(r["text"].startswith("The river") for r in kept) == 1
+    g = m2l("langid", str(src), str(tmp_path / "lid.jsonl"), "--text-field", "text",
+            cwd=tmp_path, timeout=600, extra_env={"RAY_ADDRESS": ""})
+    assert g.returncode == 0, g.stderr[-3000:]
+    labels = [json.loads(x)["lid_label"] for x in (tmp_path / "lid.jsonl").read_text().splitlines()]
+    assert labels == ["en", "en", "fr", "es"]
+
+
+@pytest.mark.e2e
+def test_run_with_set_and_force_lock(tmp_path):
+    """A lock held by a live process is refused with its holder named; --force-lock takes
+    it; --set reaches the config (the rows record the sampling it set)."""
+    from flaky_server import FlakyServer
+    from test_watchdog import _job, _sentence
+
+    from m2l_ray.storage import Store
+
+    with FlakyServer(reply=_sentence) as srv:
+        job = _job(tmp_path, srv.url, stall_seconds=120, openai_timeout=60)
+        Store.open(str(tmp_path / "out")).acquire_lock("_lock.json", "someone-else")  # this live pid
+        refused = m2l("run", "--config", str(job), cwd=tmp_path, timeout=300)
+        assert refused.returncode == 2
+        assert "m2l: error:" in refused.stderr and "someone-else" in refused.stderr
+        assert "[generate]" not in refused.stdout
+        ok = m2l("run", "--config", str(job), "--force-lock", "--set", "engine.sampling.top_p=0.5",
+                 cwd=tmp_path, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    import pyarrow.parquet as pq
+
+    raw = pq.read_table(str(tmp_path / "out/raw")).to_pylist()
+    assert raw and all(json.loads(r["sampling"])["top_p"] == 0.5 for r in raw)
+    assert not (tmp_path / "out/_lock.json").exists()

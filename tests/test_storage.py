@@ -335,26 +335,46 @@ def test_failed_local_write_leaves_no_partial_file(tmp_path, monkeypatch) -> Non
     assert sorted(os.listdir(tmp_path / "out")) == ["shard.bin"]  # temp files removed
 
 
+def _data_bytes(root) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, f))
+            except OSError:
+                pass
+    return total
+
+
 def test_server_killed_mid_upload_leaves_no_partial_object(s3_env: LocalS3) -> None:
-    """Kill SeaweedFS during a large multipart parquet upload: afterwards the key holds
-    either nothing or the complete object, never a prefix of it."""
+    """Kill SeaweedFS once part of a large parquet upload has reached its disk: the write
+    fails (it was mid-upload, checked) and the key holds nothing, never a prefix."""
     store = _s3_store(s3_env, max_attempts=1, retry_seconds=0)
-    table = pa.table({"blob": [os.urandom(1024 * 1024) for _ in range(48)]})
-    killer = threading.Timer(0.3, lambda: s3_env.stop(kill=True))
+    table = pa.table({"blob": [os.urandom(1024 * 1024) for _ in range(160)]})
+    base = _data_bytes(s3_env.dir)
+    landed: list[int] = []
+
+    def kill_when_bytes_arrive() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = _data_bytes(s3_env.dir) - base
+            if now > 8 * 1024 * 1024:  # some of the 160 MB are on the server's disk
+                landed.append(now)
+                s3_env.stop(kill=True)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_when_bytes_arrive)
     killer.start()
-    info = None
     try:
-        info = store.write_parquet("big.parquet", table)
-    except StorageError:
-        pass
+        with pytest.raises(StorageError):
+            store.write_parquet("big.parquet", table)
     finally:
         killer.join()
         s3_env.restart()
-    if store.exists("big.parquet"):
-        assert info is not None
-        assert hashlib.sha256(store.get_bytes("big.parquet")).hexdigest() == info["sha256"]
-    else:
-        assert store.list() == []
+    assert landed and landed[0] < 160 * 1024 * 1024, "the kill must land mid-upload"
+    assert not store.exists("big.parquet")
+    assert store.list() == []
 
 
 # ---------------------------------------------------------------- inputs
