@@ -24,8 +24,25 @@ Wall time is reported beside it.
 seconds, and peak memory (sum of PSS over the driver and all Ray processes,
 sampled every 0.25 s, so shared object-store pages are counted once).
 
+``command``: the whole ``m2l dedup`` command as a user runs it, as a subprocess
+(interpreter start, imports, reading the Parquet file, dedup, writing the annotated
+output shards), against datasketch (MinHash.bulk + MinHashLSH, same word 5-grams,
+num_perm and threshold) in a process of its own, at each of ``--sizes``:
+
+* truth: all pairs with exact Jaccard >= 0.8 over 64-bit fingerprints of the word
+  5-grams, found by prefix filtering (an exact all-pairs join: two sets with
+  J >= t share a token among their |s| - ceil(t|s|) + 1 rarest), so that 1M
+  documents need seconds, not the quadratic sparse product; at 10K it is checked
+  against ``exact_pairs`` over the shingle strings;
+* recall and precision of the pairs in one cluster (cluster level, as above);
+* wall seconds (m2l: process start to exit; datasketch: its MinHash + LSH work
+  only, not building its shingle strings, which favours it), CPU seconds, and
+  peak memory (m2l: PSS summed over the command and its worker processes;
+  datasketch: peak RSS of its process, which holds its shingles too).
+
     python benchmarks/dedup_bench.py quality --docs 100000 --json q.json
     python benchmarks/dedup_bench.py scale --sizes 10000,100000,1000000 --json s.json
+    python benchmarks/dedup_bench.py command --sizes 10000,100000 --json c.json
 """
 
 from __future__ import annotations
@@ -114,11 +131,13 @@ def _render(words: np.ndarray, rng: np.random.Generator) -> str:
 # ------------------------------------------------------------------ truth
 
 
-def shingle_sets(texts: list[str]) -> list[list[str]]:
-    """Word 5-grams of the m2l tokenizer as strings (what datasketch hashes, too)."""
+def shingle_sets(texts: list[str], fast: bool = False) -> list[list[str]]:
+    """Word 5-grams of the m2l tokenizer as strings (what datasketch hashes, too);
+    ``fast``: the same tokens by regex (make_corpus's text is ASCII)."""
     out = []
+    tokenize = _tokens_fast if fast else shingles.reference_tokens
     for t in texts:
-        toks = shingles.reference_tokens(t)
+        toks = tokenize(t)
         grams = [" ".join(toks[i:i + NGRAM]) for i in range(len(toks) - NGRAM + 1)]
         out.append(sorted(set(grams or ([" ".join(toks)] if toks else []))))
     return out
@@ -138,6 +157,94 @@ def exact_pairs(sets: list[list[str]], threshold: float) -> set[tuple[int, int]]
     jac = inter.data / (size[inter.row] + size[inter.col] - inter.data)
     ok = jac >= threshold - 1e-12
     return set(zip(inter.row[ok].tolist(), inter.col[ok].tolist(), strict=True))
+
+
+_TOKEN = None
+
+
+def _tokens_fast(text: str) -> list[str]:
+    """``shingles.reference_tokens`` for make_corpus's ASCII text, at C speed (checked
+    against it on a sample in ``fingerprint_sets``)."""
+    global _TOKEN
+    if _TOKEN is None:
+        import re
+
+        _TOKEN = re.compile(r"[a-z0-9]+")
+    return _TOKEN.findall(text.lower())
+
+
+def fingerprint_sets(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct 64-bit fingerprints of each text's word 5-grams, as one flat
+    array and offsets (the exact sets up to 64-bit collisions)."""
+    rng = np.random.default_rng(1)
+    for i in rng.choice(len(texts), min(200, len(texts)), replace=False):
+        assert _tokens_fast(texts[i]) == shingles.reference_tokens(texts[i])
+    vocab: dict[str, int] = {}
+    ids, lens = [], []
+    for t in texts:
+        toks = _tokens_fast(t)
+        ids.extend(vocab.setdefault(w, len(vocab)) for w in toks)
+        lens.append(len(toks))
+    tok = np.array(ids, dtype=np.uint64)
+    off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    doc = np.repeat(np.arange(len(texts)), lens)
+    m = len(tok) - NGRAM + 1
+    fp = np.zeros(max(m, 0), dtype=np.uint64)
+    for j in range(NGRAM):  # splitmix-style mixing of the 5 token ids
+        x = (fp ^ tok[j:j + m]) * np.uint64(0x9E3779B97F4A7C15)
+        fp = x ^ (x >> np.uint64(29))
+    ok = doc[:m] == doc[NGRAM - 1:]
+    fdoc, fps = doc[:m][ok], fp[ok]
+    short = np.flatnonzero((np.diff(off) < NGRAM) & (np.diff(off) > 0))
+    for d in short:  # fewer than n tokens: one shingle of all of them
+        x = np.uint64(0)
+        for t in tok[off[d]:off[d + 1]]:
+            x = (x ^ t) * np.uint64(0x9E3779B97F4A7C15)
+        fdoc = np.append(fdoc, d)
+        fps = np.append(fps, x)
+    o = np.lexsort((fps, fdoc))
+    fdoc, fps = fdoc[o], fps[o]
+    keep = np.ones(len(fps), dtype=bool)
+    keep[1:] = (fdoc[1:] != fdoc[:-1]) | (fps[1:] != fps[:-1])
+    sizes = np.bincount(fdoc[keep].astype(np.int64), minlength=len(texts))
+    return fps[keep], np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def prefix_filter_pairs(vals: np.ndarray, offs: np.ndarray, threshold: float
+                        ) -> set[tuple[int, int]]:
+    """All pairs with exact Jaccard >= threshold (prefix filtering, then exact)."""
+    from scipy.sparse import csr_matrix
+
+    n = len(offs) - 1
+    size = np.diff(offs)
+    doc = np.repeat(np.arange(n), size)
+    uniq, inv, cnt = np.unique(vals, return_inverse=True, return_counts=True)
+    # per document: tokens from rarest to most common; the prefix is the first
+    # |s| - ceil(t|s|) + 1 of them
+    order = np.lexsort((inv, cnt[inv], doc))
+    rank = np.arange(len(vals)) - np.repeat(offs[:-1], size)
+    plen = size - np.ceil(threshold * size - 1e-9).astype(np.int64) + 1
+    pre = rank < np.repeat(plen, size)
+    pdoc, ptok = doc[order][pre], inv[order][pre]
+    o = np.lexsort((pdoc, ptok))
+    pdoc, ptok = pdoc[o], ptok[o]
+    start = np.flatnonzero(np.concatenate([[True], ptok[1:] != ptok[:-1]]))
+    ends = np.append(start[1:], len(ptok))
+    ca, cb = [], []
+    for s, e in zip(start[ends - start > 1], ends[ends - start > 1], strict=True):
+        g = pdoc[s:e]
+        i, j = np.triu_indices(len(g), k=1)
+        ca.append(g[i])
+        cb.append(g[j])
+    if not ca:
+        return set()
+    pairs = np.unique(np.stack([np.concatenate(ca), np.concatenate(cb)]).T, axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    m = csr_matrix((np.ones(len(inv), np.float32), inv, offs), shape=(n, len(uniq)))
+    inter = np.asarray(m[pairs[:, 0]].multiply(m[pairs[:, 1]]).sum(axis=1)).ravel()
+    jac = inter / (size[pairs[:, 0]] + size[pairs[:, 1]] - inter)
+    ok = jac >= threshold - 1e-12
+    return set(zip(pairs[ok, 0].tolist(), pairs[ok, 1].tolist(), strict=True))
 
 
 def metrics(pred: set[tuple[int, int]], truth: set[tuple[int, int]]) -> dict[str, Any]:
@@ -252,8 +359,9 @@ class ProcessMeter:
     count; its own CPU does not.
     """
 
-    def __init__(self, interval: float = 0.5) -> None:
+    def __init__(self, interval: float = 0.5, skip_root: bool = False) -> None:
         self.interval = interval
+        self.skip_root = skip_root  # count only the children (a measured subprocess)
 
     def __enter__(self) -> ProcessMeter:
         import subprocess
@@ -262,7 +370,7 @@ class ProcessMeter:
         self.stop = self.out + ".stop"
         code = _SAMPLER_LOOP.format(stop=self.stop, out=self.out)
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(os.getpid()),
-                                      str(self.interval)])
+                                      str(self.interval), str(int(self.skip_root))])
         time.sleep(2 * self.interval)  # first reading before the work starts
         self.t0 = time.perf_counter()
         return self
@@ -282,7 +390,22 @@ class ProcessMeter:
 
 _SAMPLER_LOOP = """
 import json, os, sys, time, psutil
-root, interval = int(sys.argv[1]), float(sys.argv[2])
+root, interval, skip_root = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "1"
+
+
+def pss(p):
+    # smaps_rollup: the kernel sums PSS itself, ~100x cheaper than parsing smaps
+    # (which made this sampler take a core of its own from a 2-core machine)
+    try:
+        with open(f"/proc/{{p.pid}}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return p.memory_full_info().pss
+
+
 me = os.getpid()
 first, last, peak, initial = {{}}, {{}}, 0, True
 while True:
@@ -293,14 +416,14 @@ while True:
         break
     mem = 0
     for p in procs:
-        if p.pid == me:
+        if p.pid == me or (skip_root and p.pid == root):
             continue
         try:
             t = p.cpu_times()
             last[p.pid] = t.user + t.system
             # processes born during the run count from zero
             first.setdefault(p.pid, last[p.pid] if initial else 0.0)
-            mem += p.memory_full_info().pss
+            mem += pss(p)
         except psutil.Error:
             pass
     initial = False
@@ -422,9 +545,177 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
     return {"cpus": args.cpus, "runs": rows}
 
 
+def _datasketch_child(path: str, num_perm: int, out: str, batch: int = 20_000) -> None:
+    """datasketch in a process of its own (so its peak RSS is its own): shingle
+    strings are built per batch outside the timed part; MinHash.bulk, the LSH
+    inserts and the queries are timed."""
+    from datasketch import MinHash, MinHashLSH
+
+    texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=num_perm)
+    mhs = []
+    wall = cpu = 0.0
+    for i in range(0, len(texts), batch):
+        sets = shingle_sets(texts[i:i + batch], fast=True)
+        t0, c0 = time.perf_counter(), time.process_time()
+        encoded = [[g.encode("utf-8") for g in st] for st in sets]
+        part = MinHash.bulk(encoded, num_perm=num_perm)
+        with lsh.insertion_session() as session:
+            for k, m in enumerate(part):
+                session.insert(i + k, m)
+        mhs.extend(part)
+        wall += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        del sets, encoded
+    t0, c0 = time.perf_counter(), time.process_time()
+    pa_, pb_ = [], []
+    for i, m in enumerate(mhs):
+        for j in lsh.query(m):
+            if j > i:
+                pa_.append(i)
+                pb_.append(j)
+            elif j < i:
+                pa_.append(j)
+                pb_.append(i)
+    wall += time.perf_counter() - t0
+    cpu += time.process_time() - c0
+    np.savez(out, a=np.array(pa_, np.int64), b=np.array(pb_, np.int64),
+             info=np.array(json.dumps({
+                 "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "bands": lsh.b,
+                 "rows": lsh.r,
+                 "peak_rss_mb": _vm_hwm_mb()})))
+
+
+def _vm_hwm_mb() -> int:
+    """Peak RSS of this process since its exec (VmHWM). Not ru_maxrss: on Linux a
+    child inherits its parent's high-water mark at fork, so a process spawned by
+    a large benchmark parent would report the parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+    return -1
+
+
+def run_datasketch_process(path: str, num_perm: int, tmp: str) -> tuple[set, dict]:
+    import multiprocessing as mp
+
+    out = os.path.join(tmp, "ds.npz")
+    proc = mp.get_context("spawn").Process(target=_datasketch_child,
+                                           args=(path, num_perm, out))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"datasketch process failed ({proc.exitcode})")
+    res = np.load(out)
+    pairs = set(zip(res["a"].tolist(), res["b"].tolist(), strict=True))
+    return pairs, json.loads(str(res["info"]))
+
+
+def run_command(path: str, out_dir: str, cpus: int, extra: list[str]) -> dict[str, Any]:
+    """``m2l dedup`` as a subprocess, annotated output (the clusters are scored);
+    wall from process start to exit, CPU and peak PSS of it and its workers."""
+    import subprocess
+
+    exe = os.path.join(os.path.dirname(sys.executable), "m2l")
+    stats = os.path.join(out_dir, "stats.json")
+    cmd = [exe, "dedup", path, os.path.join(out_dir, "out"), "--text-field", "text",
+           "--segmentation", "space", "--ngram", str(NGRAM), "--threshold", str(THRESHOLD),
+           "--annotate", "--num-cpus", str(cpus), "--stats-json", stats, *extra]
+    import resource
+
+    with ProcessMeter(interval=0.25, skip_root=True) as meter:
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # exact CPU of the command and every process it waited for (its pool workers;
+    # Ray's own daemons are not its children and are counted by the sampler only)
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    if proc.returncode != 0:
+        raise RuntimeError(f"m2l dedup failed: {proc.stderr[-3000:]}")
+    with open(stats) as fh:
+        st = json.load(fh)
+    return {"wall_s": round(wall, 2), "cpu_s": round(max(cpu, meter.cpu_used), 2),
+            "peak_pss_mb": round(meter.peak / 2**20), "path": st["path"],
+            "files": st["files"], "duplicates": st["duplicates"],
+            "candidate_edges": st["candidate_edges"], "verified_edges": st["verified_edges"],
+            "stage_seconds": st["stage_seconds"], "command_seconds": st["seconds"],
+            "first_line": proc.stdout.splitlines()[0]}
+
+
+def _labels(out_dir: str, ids: list[str]) -> np.ndarray:
+    import glob
+
+    files = sorted(glob.glob(os.path.join(out_dir, "out", "part-*.parquet")))
+    got = pa.concat_tables([pq.read_table(f, columns=["id", "dedup_cluster"]) for f in files])
+    pos = {d: i for i, d in enumerate(ids)}
+    labels = np.empty(len(ids), dtype=object)
+    labels[[pos[d] for d in got.column("id").to_pylist()]] = \
+        got.column("dedup_cluster").to_numpy(zero_copy_only=False)
+    return np.unique(labels.astype(str), return_inverse=True)[1]
+
+
+def command(args: argparse.Namespace) -> dict[str, Any]:
+    """Whole-command m2l dedup vs datasketch, with cluster-level quality."""
+    params = minhash.lsh_params(THRESHOLD, args.num_perm)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in [int(x) for x in args.sizes.split(",")]:
+            t0 = time.perf_counter()
+            table = make_corpus(n, seed=args.seed)
+            path = os.path.join(tmp, f"corpus-{n}.parquet")
+            pq.write_table(table, path, row_group_size=20_000)
+            texts = table.column("text").to_pylist()
+            ids = table.column("id").to_pylist()
+            del table
+            gen = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            vals, offs = fingerprint_sets(texts)
+            truth = prefix_filter_pairs(vals, offs, THRESHOLD)
+            if n <= 20_000:  # the fast truth equals the shingle-string product
+                assert truth == exact_pairs(shingle_sets(texts), THRESHOLD)
+            del vals, offs, texts
+            info: dict[str, Any] = {"docs": n, "true_pairs": len(truth),
+                                    "generate_s": round(gen, 1),
+                                    "truth_s": round(time.perf_counter() - t0, 1)}
+            print(json.dumps(info), flush=True)
+            runs = [("m2l", [])]
+            if args.with_distributed and n <= args.with_distributed:
+                runs.append(("m2l_distributed", ["--distributed"]))
+            for name, extra in runs:
+                d = os.path.join(tmp, name)
+                os.makedirs(d, exist_ok=True)
+                r = run_command(path, d, args.cpus, extra)
+                r["cluster_pairs"] = metrics(cluster_pairs(_labels(d, ids)), truth)
+                info[name] = r
+                print(name, json.dumps(r), flush=True)
+                subprocess_rm(d)
+            if not args.skip_datasketch:
+                pairs, ds = run_datasketch_process(path, params.num_perm, tmp)
+                ds["pairs"] = metrics(pairs, truth)
+                ds["cluster_pairs"] = metrics(
+                    cluster_pairs(union_find_labels(n, pairs)), truth)
+                info["datasketch"] = ds
+                print("datasketch", json.dumps(ds), flush=True)
+                info["speedup_wall"] = round(ds["wall_s"] / info["m2l"]["wall_s"], 1)
+                info["speedup_cpu"] = round(ds["cpu_s"] / info["m2l"]["cpu_s"], 1)
+            info["loadavg_after"] = [round(x, 1) for x in os.getloadavg()]
+            rows.append(info)
+            os.remove(path)
+    return {"cpus": args.cpus, "num_perm": params.num_perm, "runs": rows}
+
+
+def subprocess_rm(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=("quality", "scale"))
+    p.add_argument("mode", choices=("quality", "scale", "command"))
     p.add_argument("--docs", type=int, default=100_000)
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--num-perm", type=int, default=None)
@@ -434,16 +725,26 @@ def main() -> None:
     p.add_argument("--skip-ray", action="store_true")
     p.add_argument("--warm-pools", action="store_true",
                    help="keep idle Ray workers alive (see _ray_init)")
+    p.add_argument("--with-distributed", type=int, default=0,
+                   help="command mode: also time `m2l dedup --distributed` up to this size")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()
-    result = quality(args) if args.mode == "quality" else scale(args)
+    result = {"quality": quality, "scale": scale, "command": command}[args.mode](args)
     result["warm_pools"] = args.warm_pools
-    result["machine"] = {"cpus_visible": os.cpu_count(),
+    result["machine"] = {"cpus_visible": os.cpu_count(), "cpu_model": _cpu_model(),
                          "loadavg_at_end": [round(x, 1) for x in os.getloadavg()]}
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)
     print(json.dumps(result, indent=2))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
 
 
 if __name__ == "__main__":

@@ -1,14 +1,22 @@
 """``m2l dedup`` and ``m2l langid``: curation of any Parquet or JSONL data set.
 
     m2l dedup INPUT OUTPUT --text-field text [--threshold 0.8] [--num-perm N]
-              [--ngram N] [--annotate]
+              [--ngram N] [--annotate] [--distributed] [--local-memory-gb GB]
+              [--shard-rows N]
     m2l langid INPUT OUTPUT --text-field text [--model PATH]
 
 ``dedup`` drops near-duplicates (with ``--annotate`` it keeps every row and adds
 ``dedup_cluster``: rows of one cluster share it, plus ``dedup_duplicate``);
 ``langid`` adds ``lid_label`` (registry code where known), ``lid_score``. Both
 print a summary; ``--stats-json`` also writes it as JSON. OUTPUT ending in
-.parquet or .jsonl is one file, anything else a folder of Parquet files.
+.parquet or .jsonl is one file, anything else a folder of Parquet shards of
+``--shard-rows`` rows (part-00000.parquet, ...).
+
+``dedup`` runs on one machine without Ray (curation/dedup_local.py) when the input
+fits ``--local-memory-gb`` (estimated from file metadata before anything is read),
+else, or with ``--distributed``, on Ray Data (curation/dedup.py), which scales
+across a cluster. Both give the same clusters and keep the same rows; the first line
+printed says which path runs and why.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from m2l_ray.curation.config import VERIFY_MODES, CurationConfig
+from m2l_ray.curation.io import DEFAULT_SHARD_ROWS
 from m2l_ray.errors import ConfigError
 
 _FLAG_OF = {"threshold": "--threshold", "num_perm": "--num-perm", "ngram": "--ngram",
@@ -36,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``dedup`` and ``langid`` subcommands to the ``m2l`` parser."""
     d = subparsers.add_parser(
         "dedup", help="remove (or mark) near-duplicates in a Parquet/JSONL data set",
-        description="MinHash-LSH near-duplicate removal on Ray Data.")
+        description="MinHash-LSH near-duplicate removal: on this machine when the input "
+                    "fits --local-memory-gb, else (or with --distributed) on Ray Data.")
     d.add_argument("input", help="Parquet/JSONL file, folder or glob")
     d.add_argument("output", help="OUTPUT.parquet, OUTPUT.jsonl or a folder")
     d.add_argument("--text-field", required=True,
@@ -63,7 +73,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--annotate", action="store_true",
                    help="keep every row; add dedup_cluster and dedup_duplicate")
     d.add_argument("--seed", type=int, default=1, help="MinHash permutation seed")
-    d.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
+    d.add_argument("--distributed", action="store_true",
+                   help="run on Ray Data even when the input fits this machine")
+    d.add_argument("--local-memory-gb", type=float, default=None,
+                   help="memory the single-node path may use; larger inputs run on Ray "
+                        "(default: half of this machine's available memory)")
+    d.add_argument("--shard-rows", type=int, default=DEFAULT_SHARD_ROWS,
+                   help=f"rows per Parquet file of a folder output ({DEFAULT_SHARD_ROWS})")
+    d.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs to use: worker processes of the single-node path, or a "
+                        "local Ray instance's CPUs (default: all)")
     d.add_argument("--stats-json", default=None, help="also write the summary here")
     d.set_defaults(func=dedup_command)
 
@@ -104,7 +123,7 @@ def _config(section: str, values: dict[str, Any]) -> CurationConfig:
 
 
 def _check_column(ds: Any, name: str, flag: str) -> None:
-    schema = ds.schema()
+    schema = ds.schema if isinstance(ds, pa.Table) else ds.schema()
     names = schema.names if schema is not None else []
     if name not in names:
         raise ConfigError(flag, f"no column '{name}' in the input; columns: {', '.join(names)}")
@@ -119,10 +138,57 @@ def _emit(summary: dict[str, Any], path: str | None) -> None:
             json.dump(summary, fh, indent=2, ensure_ascii=False)
 
 
+#: Single-node memory: the interpreter and libraries, then per byte of decoded input
+#: (the table, the texts of the chunks in flight, the output's copy) and per row
+#: (node, band keys and the shingles kept for verification, ~100 per document, and
+#: their copies on the way back from the workers). Fitted to the peak PSS of the
+#: measured runs (benchmarks/README_dedup.md: 0.54 GB at 100K rows / 69 MB,
+#: 3.0 GB at 1M rows / 685 MB; this gives 0.61 and 3.4 GB).
+LOCAL_BASE_BYTES = 300 * 2**20
+LOCAL_BYTES_PER_INPUT_BYTE = 2.5
+LOCAL_BYTES_PER_ROW = 1400
+_JSONL_BYTES_PER_ROW = 500  # row count guess for JSONL, whose footer gives none
+
+
+def local_memory_need(rows: int | None, memory_bytes: int) -> float:
+    """Bytes the single-node path is expected to need for an input of this size."""
+    n = rows if rows is not None else memory_bytes // _JSONL_BYTES_PER_ROW
+    return (LOCAL_BASE_BYTES + LOCAL_BYTES_PER_INPUT_BYTE * memory_bytes
+            + LOCAL_BYTES_PER_ROW * n)
+
+
+def _available_memory() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def choose_path(args: argparse.Namespace) -> tuple[str, str]:
+    """("local" | "distributed", why), from the flags and the input's metadata."""
+    from m2l_ray.curation.io import estimate_input
+
+    if args.distributed:
+        return "distributed", "--distributed"
+    size = estimate_input(args.input)
+    budget_gb = (args.local_memory_gb if args.local_memory_gb is not None
+                 else _available_memory() / 2 / 2**30)
+    need_gb = local_memory_need(size.rows, size.memory_bytes) / 2**30
+    rows = f"{size.rows:,} rows" if size.rows is not None else f"{size.files} JSONL file(s)"
+    what = (f"{rows}, {size.memory_bytes / 2**20:,.0f} MB decoded: needs about "
+            f"{need_gb:.2f} GB")
+    flag = "--local-memory-gb" if args.local_memory_gb is not None else \
+        "half the available memory; --local-memory-gb"
+    if need_gb <= budget_gb:
+        return "local", f"{what}, within {budget_gb:.1f} GB ({flag})"
+    return "distributed", f"{what}, more than {budget_gb:.1f} GB ({flag})"
+
+
 def dedup_command(args: argparse.Namespace) -> int:
     """``m2l dedup``: returns the exit code."""
-    from m2l_ray.curation.dedup import DUPLICATE, dedup
-    from m2l_ray.curation.io import read_table_any, write_output
+    from m2l_ray.curation.io import write_output
 
     cfg = _config("dedup", {
         "field": args.text_field, "threshold": args.threshold, "num_perm": args.num_perm,
@@ -130,6 +196,8 @@ def dedup_command(args: argparse.Namespace) -> int:
         "char_ngram": args.char_ngram, "segmentation": args.segmentation,
         "verify": args.verify, "key_field": args.id_field, "seed": args.seed,
     }).dedup
+    if args.shard_rows < 1:
+        raise ConfigError("--shard-rows", f"must be at least 1, not {args.shard_rows}")
     registry = None
     if args.segmentation == "registry":
         if not args.language_field:
@@ -138,23 +206,38 @@ def dedup_command(args: argparse.Namespace) -> int:
 
         registry = LanguageRegistry.load()
     start = time.monotonic()
-    _ray(args.num_cpus)
-    ds = read_table_any(args.input)
-    _check_column(ds, args.text_field, "--text-field")
-    for flag, col in (("--id-field", args.id_field), ("--language-field", args.language_field)):
-        if col:
-            _check_column(ds, col, flag)
-    res = dedup(ds, cfg, column=args.text_field, registry=registry,
-                language_field=args.language_field, key_field=args.id_field)
-    out = res.ds
-    if not args.annotate:
-        out = out.map_batches(_drop_duplicates, batch_format="pyarrow",
-                              fn_kwargs={"column": DUPLICATE})
-    files = write_output(out, args.output)
+    path, why = choose_path(args)
+    print(f"m2l dedup: {path} path ({why})", flush=True)
+    kwargs = {"column": args.text_field, "registry": registry,
+              "language_field": args.language_field, "key_field": args.id_field}
+    if path == "local":
+        from m2l_ray.curation.dedup_local import dedup_table
+        from m2l_ray.curation.io import read_table_local
+
+        data: Any = read_table_local(args.input)
+        _check_columns(data, args)
+        res = dedup_table(data, cfg, workers=args.num_cpus, **kwargs)
+        out: Any = res.annotated() if args.annotate else res.kept()
+        del data
+    else:
+        from m2l_ray.curation.dedup import DUPLICATE, dedup
+        from m2l_ray.curation.io import read_table_any
+
+        _ray(args.num_cpus)
+        data = read_table_any(args.input)
+        _check_columns(data, args)
+        res = dedup(data, cfg, **kwargs)
+        out = res.ds
+        if not args.annotate:
+            out = out.map_batches(_drop_duplicates, batch_format="pyarrow",
+                                  fn_kwargs={"column": DUPLICATE})
+    files = write_output(out, args.output, args.shard_rows)
     st = res.stats
     summary = {
         "input": args.input,
         "output": args.output,
+        "path": path,
+        "path_reason": why,
         "rows_in": st["rows"],
         "duplicates": st.get("duplicates", 0),
         "rows_out": st["rows"] if args.annotate else st["rows"] - st.get("duplicates", 0),
@@ -167,10 +250,18 @@ def dedup_command(args: argparse.Namespace) -> int:
         "verify": cfg.verify,
         "mode": "annotate" if args.annotate else "drop",
         "files": len(files),
+        "stage_seconds": st.get("seconds"),
         "seconds": round(time.monotonic() - start, 2),
     }
     _emit(summary, args.stats_json)
     return 0
+
+
+def _check_columns(data: Any, args: argparse.Namespace) -> None:
+    _check_column(data, args.text_field, "--text-field")
+    for flag, col in (("--id-field", args.id_field), ("--language-field", args.language_field)):
+        if col:
+            _check_column(data, col, flag)
 
 
 def _drop_duplicates(batch: Any, column: str) -> pa.Table:

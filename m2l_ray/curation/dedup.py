@@ -27,6 +27,11 @@ Stages (each a Ray Data operation, so each scales out with the cluster):
 Rows with the same node (identical key: identical rows, or a repeated id) are one
 vertex; the one with the smallest row id represents them and the others are
 duplicates of it.
+
+Inputs that fit one machine run the same stages without Ray (dedup_local.py); the
+pieces both paths share live here: ``signature_arrays``, ``bucket_edges``,
+``exact_groups``, ``_verify_local``, ``components_local``, ``assign_arrays``,
+``cluster_ids`` and the stats helpers.
 """
 
 from __future__ import annotations
@@ -140,6 +145,11 @@ def _list_column(values: np.ndarray, offsets: np.ndarray, typ: pa.DataType) -> p
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, typ))
 
 
+#: One encoder for all rows: json.dumps with non-default options builds a new
+#: encoder per call, which doubled the cost of hashing whole rows.
+_ROW_JSON = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False)
+
+
 def row_keys(table: pa.Table, key_field: str | None) -> np.ndarray:
     """int64 node of each row: XXH64 of its key (a column's value, else the whole row)."""
     if key_field is not None:
@@ -149,10 +159,9 @@ def row_keys(table: pa.Table, key_field: str | None) -> np.ndarray:
         skip = {ROW, NODE}
         names = [n for n in table.column_names if n not in skip and not n.startswith("_m2l")]
         cols = [table.column(n).to_pylist() for n in names]
-        keys = [
-            json.dumps(list(vals), sort_keys=True, default=str, ensure_ascii=False).encode()
-            for vals in zip(*cols, strict=True)
-        ] if cols else [b""] * table.num_rows
+        enc = _ROW_JSON.encode  # what json.dumps(..., sort_keys=True, ...) would build
+        keys = [enc(list(vals)).encode() for vals in zip(*cols, strict=True)] \
+            if cols else [b""] * table.num_rows
     return np.fromiter((xxhash.xxh64_intdigest(k) for k in keys), dtype=np.uint64,
                        count=len(keys)).view(np.int64)
 
@@ -209,30 +218,56 @@ def _row_ids(node: np.ndarray) -> np.ndarray:
                         np.full(n, fp, dtype=np.uint64)]).view(np.int64)
 
 
-def _signature_chunk(t: pa.Table, spec: TextSpec) -> pa.Table:
-    n = t.num_rows
-    t = t.drop_columns([c for c in HELPERS if c in t.column_names])
-    node = row_keys(t, spec.key_field)
+@dataclass
+class SignatureArrays:
+    """What the signature pass computes per row, as plain arrays (both paths use it)."""
+
+    node: np.ndarray  # int64: XXH64 of the row's key
+    band_keys: np.ndarray  # (rows, bands) int64; meaningless where n_shingles == 0
+    n_shingles: np.ndarray  # int32
+    eligible: np.ndarray  # bool: False rows take no part (their text counts as empty)
+    #: (hashes, offsets) of every row's shingles when asked for: exact verification's
+    #: payload (``_payload``), kept by the single-node path instead of recomputed
+    shingles: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _eligible_texts(t: pa.Table, spec: TextSpec) -> tuple[list[str], np.ndarray]:
+    """The texts to shingle, with those of ineligible rows blanked, and the mask."""
     texts = _texts(t, spec)
-    mode = _char_mode(t, spec)
-    ok = np.ones(n, dtype=bool)
+    ok = np.ones(t.num_rows, dtype=bool)
     if spec.eligible_field is not None:
         ok = _np(t.column(spec.eligible_field).fill_null(False), bool)
         texts = [x if e else "" for x, e in zip(texts, ok, strict=True)]
-    h, off = shingles.shingle_hashes(texts, mode, ngram=spec.ngram, char_ngram=spec.char_ngram)
+    return texts, ok
+
+
+def signature_arrays(t: pa.Table, spec: TextSpec, keep_shingles: bool = False
+                     ) -> SignatureArrays:
+    """Node, band keys and shingle count of every row of ``t`` (one chunk)."""
+    node = row_keys(t, spec.key_field)
+    texts, ok = _eligible_texts(t, spec)
+    h, off = shingles.shingle_hashes(texts, _char_mode(t, spec), ngram=spec.ngram,
+                                     char_ngram=spec.char_ngram)
     a, b = minhash.permutations(spec.num_perm, spec.seed)
     sig = minhash.signatures(h, off, a, b)
-    has = np.diff(off) > 0
     bk = minhash.band_keys(sig, spec.bands, spec.rows)
+    return SignatureArrays(node, bk, np.diff(off).astype(np.int32), ok,
+                           (h, off) if keep_shingles else None)
+
+
+def _signature_chunk(t: pa.Table, spec: TextSpec) -> pa.Table:
+    t = t.drop_columns([c for c in HELPERS if c in t.column_names])
+    s = signature_arrays(t, spec)
+    has = s.n_shingles > 0
     bk_len = np.where(has, spec.bands, 0)
     bk_off = np.concatenate([[0], np.cumsum(bk_len)])
     cols = {
-        ROW: pa.array(_row_ids(node)),
-        NODE: pa.array(node),
-        "_bk": _list_column(bk[has].ravel(), bk_off, pa.int64()),
+        ROW: pa.array(_row_ids(s.node)),
+        NODE: pa.array(s.node),
+        "_bk": _list_column(s.band_keys[has].ravel(), bk_off, pa.int64()),
+        "_nsh": pa.array(s.n_shingles),
+        "_el": pa.array(s.eligible),
     }
-    cols["_nsh"] = pa.array(np.diff(off).astype(np.int32))
-    cols["_el"] = pa.array(ok)
     for name, col in cols.items():
         t = t.append_column(name, col)
     return t
@@ -244,10 +279,7 @@ def _payload(t: pa.Table, spec: TextSpec) -> pa.Array:
     Candidates are a small share of all rows, so recomputing their shingles (or
     signatures) costs less than storing a payload for every row.
     """
-    texts = _texts(t, spec)
-    if spec.eligible_field is not None:
-        ok = _np(t.column(spec.eligible_field).fill_null(False), bool)
-        texts = [x if e else "" for x, e in zip(texts, ok, strict=True)]
+    texts, _ = _eligible_texts(t, spec)
     h, off = shingles.shingle_hashes(texts, _char_mode(t, spec), ngram=spec.ngram,
                                      char_ngram=spec.char_ngram)
     if spec.payload == "signature":
@@ -280,8 +312,26 @@ def _bucket_edges(batch: Any) -> pa.Table:
     t = as_table(batch)
     k = _np(t.column("_bkey"), np.int64)
     v = _np(t.column(NODE), np.int64)
-    a, b = _star_edges(k, v)
+    a, b = bucket_edges(k, v)
     return pa.table({"a": a, "b": b})
+
+
+def bucket_edges(k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Star edges (smallest node, other node) of every bucket with several nodes.
+
+    Almost every bucket holds one row, so one sort by key first finds the few keys
+    that repeat, and only their rows go through the (key, node) lexsort.
+    """
+    if len(k) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    order = np.argsort(k)
+    ks = k[order]
+    same = ks[1:] == ks[:-1]
+    multi = np.zeros(len(k), dtype=bool)
+    multi[1:] |= same
+    multi[:-1] |= same
+    sel = order[multi]
+    return _star_edges(k[sel], v[sel])
 
 
 def _star_edges(k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -551,8 +601,16 @@ def _assign_broadcast(batch: Any, nodes: np.ndarray, roots: np.ndarray, dup_node
     t = as_table(batch)
     nodes, roots = _val(nodes), _val(roots)
     dup_nodes, dup_reps = _val(dup_nodes), _val(dup_reps)
-    node = _np(t.column(NODE), np.int64)
-    row = _np(t.column(ROW), np.int64)
+    root, dup = assign_arrays(_np(t.column(NODE), np.int64), _np(t.column(ROW), np.int64),
+                              nodes, roots, dup_nodes, dup_reps)
+    return _finish(t, root, dup, eligible_field)
+
+
+def assign_arrays(node: np.ndarray, row: np.ndarray, nodes: np.ndarray, roots: np.ndarray,
+                  dup_nodes: np.ndarray, dup_reps: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(root node, duplicate flag) of rows, from the sorted node -> root map and the
+    identical-key groups (the row with the representative row id survives)."""
     root = node.copy()
     hit, pos = _lookup(nodes, node)
     root[hit] = roots[pos[hit]]
@@ -560,13 +618,30 @@ def _assign_broadcast(batch: Any, nodes: np.ndarray, roots: np.ndarray, dup_node
     if len(dup_nodes):
         hit, pos = _lookup(dup_nodes, node)
         dup |= hit & (dup_reps[pos] != row)
-    return _finish(t, root, dup, eligible_field)
+    return root, dup
+
+
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def cluster_ids(root: np.ndarray) -> pa.Array:
+    """``dedup_cluster`` strings: 16 hex digits of each root node (two's complement).
+
+    Built as one Arrow buffer (no Python string per row: a million rows would cost
+    half a second otherwise).
+    """
+    n = len(root)
+    byts = np.ascontiguousarray(root, dtype=np.int64).astype(">i8").view(np.uint8)
+    digits = np.empty(2 * len(byts), dtype=np.uint8)
+    digits[0::2] = _HEX[byts >> 4]
+    digits[1::2] = _HEX[byts & 15]
+    offsets = np.arange(0, 16 * n + 1, 16, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(digits))
 
 
 def _finish(t: pa.Table, root: np.ndarray, dup: np.ndarray, eligible_field: str | None
             ) -> pa.Table:
-    cluster = pa.array([format(int(x) & 0xFFFFFFFFFFFFFFFF, "016x") for x in root],
-                       pa.string())
+    cluster = cluster_ids(root)
     dupa = pa.array(dup)
     if eligible_field is not None:
         ok = _np(t.column(eligible_field).fill_null(False), bool)
@@ -620,6 +695,18 @@ def _several(batch: Any) -> pa.Table:
     return t.filter(pc.greater(t.column("n"), 1))
 
 
+def exact_groups(node: np.ndarray, row: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nodes of several (eligible) rows: (sorted nodes, smallest row id, row count)."""
+    order = np.lexsort((row, node))
+    node, row = node[order], row[order]
+    start = np.ones(len(node), dtype=bool)
+    start[1:] = node[1:] != node[:-1]
+    counts = np.diff(np.concatenate([np.flatnonzero(start), [len(node)]]))
+    multi = counts > 1
+    return node[start][multi], row[start][multi], counts[multi]
+
+
 def _exact_groups(sig: Any, n_rows: int, cfg: DedupConfig
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nodes shared by several rows: (sorted nodes, representative = smallest row id,
@@ -630,15 +717,7 @@ def _exact_groups(sig: Any, n_rows: int, cfg: DedupConfig
                                                             batch_format="pyarrow")
     if n_rows <= _DRIVER_MAX_ROWS and cfg.driver_max_edges > 0:
         t = _collect(sig, [NODE, ROW])
-        node = _np(t.column(NODE), np.int64)
-        row = _np(t.column(ROW), np.int64)
-        order = np.lexsort((row, node))
-        node, row = node[order], row[order]
-        start = np.ones(len(node), dtype=bool)
-        start[1:] = node[1:] != node[:-1]
-        counts = np.diff(np.concatenate([np.flatnonzero(start), [len(node)]]))
-        multi = counts > 1
-        return node[start][multi], row[start][multi], counts[multi]
+        return exact_groups(_np(t.column(NODE), np.int64), _np(t.column(ROW), np.int64))
     agg = (sig.select_columns([NODE, ROW]).groupby(NODE)
            .aggregate(Count(alias_name="n"), Min(ROW, alias_name="rep"))
            .map_batches(_several, batch_format="pyarrow").materialize())
@@ -715,11 +794,7 @@ def dedup(
                          fn_kwargs={"spec": spec}).materialize()
     n_rows = sig.count()
     clock.lap("read_and_signatures")
-    stats: dict[str, Any] = {
-        "rows": n_rows, "threshold": cfg.threshold, "num_perm": params.num_perm,
-        "bands": params.bands, "rows_per_band": params.rows, "ngram": cfg.ngram,
-        "char_ngram": cfg.char_ngram, "verify": cfg.verify, "field": cfg.field,
-    }
+    stats = base_stats(cfg, params, n_rows)
     if n_rows == 0:
         return DedupResult(ds.map_batches(_no_rows, batch_format="pyarrow"),
                            {**stats, "clusters": 0, "duplicates": 0})
@@ -782,24 +857,36 @@ def dedup(
     else:
         out = _assign_join(sig, assignment, nparts, dup_nodes, dup_reps, eligible_field)
     if assignment is None:
-        dups = _count_duplicates(nodes, roots, dup_nodes, dup_counts)
+        stats.update(cluster_stats(nodes, roots, dup_nodes, dup_counts))
     else:  # no driver-side map: count the output
         out = out.materialize()
-        dups = int(sum(r["n"] for r in out.map_batches(
-            _count_true, batch_size=None, batch_format="pyarrow").take_all()))
+        stats.update({"duplicates": int(sum(r["n"] for r in out.map_batches(
+            _count_true, batch_size=None, batch_format="pyarrow").take_all())),
+            "clusters": None, "nodes_in_clusters": None})
     clock.lap("assign")
-    in_clusters = int(len(nodes)) if assignment is None else None
-    stats.update({
-        "duplicates": dups,
+    stats.update({"lsh": minhash.describe(params), "seconds": clock.laps})
+    return DedupResult(out, stats)
+
+
+def base_stats(cfg: DedupConfig, params: minhash.LshParams, n_rows: int) -> dict[str, Any]:
+    """The settings part of the stats (the same keys on both paths)."""
+    return {
+        "rows": n_rows, "threshold": cfg.threshold, "num_perm": params.num_perm,
+        "bands": params.bands, "rows_per_band": params.rows, "ngram": cfg.ngram,
+        "char_ngram": cfg.char_ngram, "verify": cfg.verify, "field": cfg.field,
+    }
+
+
+def cluster_stats(nodes: np.ndarray, roots: np.ndarray, dup_nodes: np.ndarray,
+                  dup_counts: np.ndarray) -> dict[str, Any]:
+    """Duplicates and clusters from the node -> root map and the identical-key groups."""
+    return {
+        "duplicates": _count_duplicates(nodes, roots, dup_nodes, dup_counts),
         # clusters with more than one row: components, plus identical-key groups
         # that are in no component
-        "clusters": (int(len(np.unique(roots))) + int((~_lookup(nodes, dup_nodes)[0]).sum())
-                     if assignment is None else None),
-        "nodes_in_clusters": in_clusters,
-        "lsh": minhash.describe(params),
-        "seconds": clock.laps,
-    })
-    return DedupResult(out, stats)
+        "clusters": int(len(np.unique(roots))) + int((~_lookup(nodes, dup_nodes)[0]).sum()),
+        "nodes_in_clusters": int(len(nodes)),
+    }
 
 
 def _no_rows(batch: Any) -> pa.Table:
