@@ -175,6 +175,8 @@ def _run_locked(
         gen_stats = generate(ctx, todo, units, store, emit)
 
     raw = _read_raw(store, sorted(units))
+    usable = Counter(s.language_code for s in read.seeds)
+    chosen = Counter(s.language_code for s in sel.selected)
     summary = finalize(ctx, store, raw, sel.selected, emit)
     summary.update(
         seeds_read=read.rows_read,
@@ -186,6 +188,8 @@ def _run_locked(
         seeds_filtered_out=sel.skipped_by_filter,
         work_units=len(units),
         work_units_resumed=len(done_units),
+        seeds_per_language={c: {"usable": n, "selected": chosen[c]} for c, n in sorted(usable.items())
+                            if chosen[c]},
         generation=gen_stats,
         elapsed_seconds=round(time.monotonic() - t0, 1),
     )
@@ -578,6 +582,12 @@ def commit(ctx: JobContext, store: Any, summary: dict[str, Any], emit: Callable[
         "rows": dict(summary["rows"]),  # per config
         "summary": summary,
     }
+    try:  # derived from what is written above; losing it must not lose the run
+        from m2l_ray.report import write_report
+
+        emit(f"[report] {write_report(store, manifest)}")
+    except Exception as e:  # noqa: BLE001 - `m2l report OUTPUT` rebuilds it from the output
+        emit(f"[report] not written ({type(e).__name__}: {e}); run `m2l report {store.uri}`")
     store.put_json(MANIFEST_KEY, manifest)
     emit(f"[done] {manifest['rows']['full_data']} rows in {len(shards)} shard(s) of "
          f"{len({s['config'] for s in shards})} configs at {store.uri}; "
