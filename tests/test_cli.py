@@ -181,3 +181,25 @@ def test_run_with_set_and_force_lock(tmp_path):
     raw = pq.read_table(str(tmp_path / "out/raw")).to_pylist()
     assert raw and all(json.loads(r["sampling"])["top_p"] == 0.5 for r in raw)
     assert not (tmp_path / "out/_lock.json").exists()
+
+
+@pytest.mark.parametrize("override, env_key, fragment", [
+    ([], "wrong-key", "invalid API key (from $M2L_TEST_KEY)"),
+    (["--set", "engine.model=gpt-4"], "right-key", "available: test-model"),
+])
+def test_openai_bad_key_or_unknown_model_stops_before_any_actor(tmp_path, override, env_key, fragment):
+    from flaky_server import FlakyServer
+
+    cfg = small_job(str(tmp_path / "out"))
+    cfg["engine"].update(kind="openai", model="test-model", api_key_env="M2L_TEST_KEY")
+    with FlakyServer(api_key="right-key") as srv:
+        cfg["engine"]["base_url"] = srv.url
+        job = write_job(tmp_path / "job.yaml", cfg)
+        proc = m2l("run", "--config", str(job), *override, cwd=tmp_path, timeout=180,
+                   extra_env={"M2L_TEST_KEY": env_key, "RAY_ADDRESS": ""})
+        assert srv.requests == 0  # not one completion was paid for
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = [x for x in proc.stderr.splitlines() if x.startswith("m2l: error:")]
+    assert len(err) == 1 and fragment in err[0], proc.stderr[-2000:]
+    assert env_key not in proc.stderr + proc.stdout  # the key itself is never printed
+    assert "Started a local Ray instance" not in proc.stderr and "[generate]" not in proc.stdout

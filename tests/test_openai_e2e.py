@@ -146,6 +146,16 @@ def test_openai_job_produces_the_dataset(job):
     assert (d / "out/full_data/part-00000.parquet").exists()
     # the schedule really threw errors at the job, and they were retried
     assert 429 in first["statuses"] and 500 in first["statuses"]
+    # stats.json's usage, read back: the totals are the rows' tokens, per stage and language
+    stats = json.loads((d / "out/stats.json").read_text())
+    raw = _raw(d)
+    usage = stats["usage"]
+    assert usage["total"]["prompt_tokens"] == sum(r["prompt_tokens"] for r in raw) > 0
+    assert usage["total"]["completion_tokens"] == sum(r["completion_tokens"] for r in raw) > 0
+    answered = sum(v[2] for r in raw for v in json.loads(r["usage"]).values())
+    assert usage["total"]["requests"] == answered
+    assert set(usage["by_language"]) == {"en", "es"}
+    assert sum(v["completion_tokens"] for v in usage["by_stage"].values()) == usage["total"]["completion_tokens"]
 
 
 def test_rows_have_structure_provenance_and_usage(job):

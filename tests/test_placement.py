@@ -106,10 +106,18 @@ def test_tensor_parallel_actor_gets_a_strict_pack_group_factory():
     assert args["resources"] == {"m2l_engine": 1}
     fn = args["ray_remote_args_fn"]
     assert isinstance(fn, TensorParallelGroup) and fn.strategy == TP_STRATEGY == "STRICT_PACK"
-    assert [dict(b) for b in fn.bundles] == [
-        {"GPU": 1, "CPU": 1, "m2l_engine": 1}, {"GPU": 1, "CPU": 1},
-        {"GPU": 1, "CPU": 1}, {"GPU": 1, "CPU": 1}]
-    assert plan.demand() == {"GPU": 4, "CPU": 4, "m2l_engine": 1}
+    bundles = [dict(b) for b in fn.bundles]
+    # one bundle per tensor-parallel rank, each with one GPU (STRICT_PACK: one node)
+    assert len(bundles) == plan.gpus_per_actor == 4
+    assert all(b.get("GPU") == 1 for b in bundles)
+    # the actor's custom resource is asked for once, in the bundle the actor itself sits in
+    assert [i for i, b in enumerate(bundles) if "m2l_engine" in b] == [0]
+    # what preflight checks a node against is exactly what the group reserves
+    totals: dict[str, float] = {}
+    for b in bundles:
+        for k, v in b.items():
+            totals[k] = totals.get(k, 0) + v
+    assert plan.demand() == totals
     assert pickle.loads(pickle.dumps(fn)) == fn  # Ray Data ships it with the plan
     assert executor_backend(eng(tensor_parallel_size=4)) == "ray"
 
