@@ -380,16 +380,16 @@ def test_rows_through_the_synthesizer_record_failures_and_go_on(tmp_path):
 
     def planned(seed_id: str) -> PlannedConversation:
         return PlannedConversation(
-            seed_id=seed_id, language_code="es", task="question_answering",
+            key=f"{seed_id}-0", seed_id=seed_id, evol_slot=0, language_code="es", task="question_answering",
             instruction="¿Cuál es la capital de Francia?", reference_answer="París.",
             seed_source="test",
             task_evols=tuple(e.name for e in taxonomy.evols_for("question_answering")[:2]),
-            multiturn_evol=taxonomy.multiturn_evols[0].name, turns=2, work_unit=0,
+            multiturn_evols=(taxonomy.multiturn_evols[0].name,), turns=2, work_unit=0,
             request_seed=int(seed_id[1:]),  # distinct requests (identical ones are sent once)
         )
 
     def plan(n: int, key: str, attempt: int) -> Act:
-        if key == "s2:answer.1":
+        if key == "s2-0:answer.1":  # request ids are "<item key>:<step>"
             return e500()
         return e429(0.05) if attempt == 0 and n % 2 else OK
 
@@ -416,4 +416,4 @@ def test_rows_through_the_synthesizer_record_failures_and_go_on(tmp_path):
     bad = by_seed["s2"]
     assert bad["status"] == "failed" and [m["role"] for m in bad["conversation"]] == ["user"]
     assert bad["failures"][-1]["step"] == "answer.1" and bad["failures"][-1]["reason"] == "http_error"
-    assert len(srv.arrivals("s2:answer.1")) == 4
+    assert len(srv.arrivals("s2-0:answer.1")) == 4
