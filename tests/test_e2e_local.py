@@ -150,7 +150,9 @@ def test_three_configs_are_committed_and_load_by_name(job):
         "full_data/part-00000.parquet", "seed_data/part-00000.parquet", "seed_evol_data/part-00000.parquet"]
     import datasets
 
-    loaded = {name: datasets.load_dataset(str(out), name, split="train")
+    # a cache of this test's own: datasets keys its cache of a local folder by the folder's
+    # name and files, and an earlier run's "out" could otherwise answer for this one
+    loaded = {name: datasets.load_dataset(str(out), name, split="train", cache_dir=str(d / "hf-cache"))
               for name in ("seed_data", "seed_evol_data", "full_data")}
     rows = {name: ds.to_list() for name, ds in loaded.items()}
     assert {n: len(r) for n, r in rows.items()} == manifest["rows"]

@@ -477,7 +477,7 @@ def test_killed_then_stopped_driver_resubmissions_resume(cluster):
     status = wait_job(cluster, sid2, stop_driver)
     logs2 = client.get_job_logs(sid2)
     assert "taking over the lock of run" in logs2, logs2[-3000:]
-    assert f"{after_kill} units already in raw/, {9 - after_kill} conversations to generate" in logs2
+    assert f"{after_kill} units already in raw/, {9 - after_kill} items to generate" in logs2
     assert status.value == "STOPPED", logs2[-4000:]
     # SIGTERM became a clean stop: the run released its output lock and said how to resume
     assert "m2l: interrupted; rerun the same command to resume" in logs2, logs2[-3000:]
@@ -494,7 +494,7 @@ def test_killed_then_stopped_driver_resubmissions_resume(cluster):
     print(f"[multinode] driver: killed at {killed}, run 2 stopped at {stopped} after "
           f"{t2 - t1:.0f}s, run 3 {time.monotonic() - t2:.0f}s")
     assert status.value == "SUCCEEDED", logs3[-6000:]
-    assert f"{done} units already in raw/, {9 - done} conversations to generate" in logs3
+    assert f"{done} units already in raw/, {9 - done} items to generate" in logs3
     assert "taking over the lock" not in logs3
     stats = check_output(out, 9)
     assert stats["work_units_resumed"] == done

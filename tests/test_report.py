@@ -363,13 +363,20 @@ def test_card_summarises_the_run(run):
     for name, version in manifest["versions"].items():
         assert f"- {name}: {version}" in body
     funnel = body.split("## Per-language funnel", 1)[1].split("\n## ", 1)[0]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+    header = next(line for line in funnel.splitlines() if line.startswith("| language"))
+    labels = [c.strip() for c in header.split("|")[2:-1]]  # the columns after "language"
+    rows = {line.split("|")[1].strip(): dict(zip(labels, [c.strip() for c in line.split("|")[2:-1]], strict=True))
             for line in funnel.splitlines() if line.startswith("| ") and not line.startswith("| language")}
     assert set(rows) == set(stats["per_language"])
+    seeds = stats.get("seeds_per_language", {})
     for code, c in stats["per_language"].items():
         cells = rows[code]
-        assert cells[0] in ("high", "mid", "low")
-        assert [int(x) for x in cells[1:3]] == [c["raw"], c["ok"]] and int(cells[-2]) == c["kept"]
+        assert cells["resource"] in ("high", "mid", "low")
+        assert (int(cells["generated"]), int(cells["generation ok"])) == (c["raw"], c["ok"])
+        assert int(cells["kept (after dedup)"]) == c["kept"]
+        if code in seeds:  # the run records seeds per language: the funnel starts there
+            assert (int(cells["seeds usable"]), int(cells["seeds selected"])) == (
+                seeds[code]["usable"], seeds[code]["selected"])
     for reason, n in stats["failed_steps"].items():
         assert f"| {reason} | {n} |" in body
     assert f"| **all** | {stats['usage']['total']['prompt_tokens']} |" in body

@@ -56,7 +56,8 @@ def test_slow_engine_survives_a_short_watchdog_and_ray_datas_timeout(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     assert "[done]" in proc.stdout and "stalled" not in proc.stdout + proc.stderr
     stats = json.loads((tmp_path / "out/stats.json").read_text())
-    assert stats["conversations_raw"] == 3 and stats["conversations_ok"] == 3
+    # 3 seeds, one evolution each, grown into a conversation: 3 pairs + 3 conversations
+    assert stats["items_raw"] == 3 and stats["conversations_raw"] == stats["conversations_ok"] == 6
     assert served >= 12 and took > 20  # the work really was slow
     # progress counted requests as they finished, before the blocks came back
     lines = [x for x in proc.stdout.splitlines() if x.startswith("[generate]") and "requests (" in x]
@@ -85,4 +86,4 @@ def test_stalled_engine_fails_with_a_clear_error_and_a_rerun_resumes(tmp_path):
         proc = m2l("run", "--config", str(job), "--set", f"engine.base_url={srv.url}",
                    cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((tmp_path / "out/stats.json").read_text())["conversations_raw"] == 3
+    assert json.loads((tmp_path / "out/stats.json").read_text())["items_raw"] == 3
