@@ -88,23 +88,30 @@ def _shingle_set(text: str, char: bool) -> set:
     return {tuple(toks[i:i + NGRAM]) for i in range(len(toks) - NGRAM + 1)} or {tuple(toks)}
 
 
-def true_clusters(rows: list[dict], threshold: float) -> dict[int, int]:
-    """Row index -> smallest row index of its cluster under exact Jaccard >= threshold."""
-    sets = [_shingle_set(r["text"], r["lang"] == "zh") for r in rows]
-    parent = list(range(len(rows)))
+def exact_roots(sets: list[set], threshold: float) -> list[int]:
+    """Per set, the smallest index of its connected component under exact Jaccard >= threshold
+    (union-find over all pairs: the ground truth the MinHash paths are checked against)."""
+    parent = list(range(len(sets)))
 
-    def find(x):
+    def find(x: int) -> int:
         while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
-    for i in range(len(rows)):
-        for j in range(i + 1, len(rows)):
+    for i in range(len(sets)):
+        for j in range(i + 1, len(sets)):
             a, b = sets[i], sets[j]
             if len(a & b) / len(a | b) >= threshold:
-                parent[max(find(i), find(j))] = min(find(i), find(j))
-    return {i: find(i) for i in range(len(rows))}
+                ri, rj = find(i), find(j)
+                parent[max(ri, rj)] = min(ri, rj)
+    return [find(i) for i in range(len(sets))]
+
+
+def true_clusters(rows: list[dict], threshold: float) -> dict[int, int]:
+    """Row index -> smallest row index of its cluster under exact Jaccard >= threshold."""
+    roots = exact_roots([_shingle_set(r["text"], r["lang"] == "zh") for r in rows], threshold)
+    return dict(enumerate(roots))
 
 
 def _run(rows, order, blocks, **cfg_kw):

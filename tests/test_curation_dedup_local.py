@@ -20,14 +20,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_curation_dedup import build_corpus, check_against_truth, truth_groups
+from test_curation_dedup import (
+    NGRAM,
+    _shingle_set,
+    build_corpus,
+    check_against_truth,
+    exact_roots,
+    truth_groups,
+)
 
-from m2l_ray.curation import dedup_local, shingles
+from m2l_ray.curation import dedup_local
 from m2l_ray.curation.config import DedupConfig
 from m2l_ray.curation.io import shards
 from m2l_ray.languages import LanguageRegistry
 
-WORD_N, CHAR_N = 3, 5
+WORD_N, CHAR_N = NGRAM, 5  # the shingles of the exact-Jaccard truth (test_curation_dedup._shingle_set)
 CYRILLIC = "абвгдежзийклмнопрстуфхцчшщыэюя"
 THAI = "".join(chr(c) for c in range(0x0E01, 0x0E2F))  # consonants
 HIRAGANA = "".join(chr(c) for c in range(0x3041, 0x3097))
@@ -95,34 +102,12 @@ def multiscript_corpus(seed: int = 3) -> list[dict]:
     return rows
 
 
-def _shingle_set(text: str, char: bool) -> set:
-    toks = shingles.reference_tokens(text)
-    if char:
-        seq = "".join(toks)
-        return {seq[i:i + CHAR_N] for i in range(len(seq) - CHAR_N + 1)} or {seq}
-    return {tuple(toks[i:i + WORD_N]) for i in range(len(toks) - WORD_N + 1)} or {tuple(toks)}
-
-
 def multiscript_truth(rows: list[dict], threshold: float = 0.8) -> list[list[str]]:
     """Exact-Jaccard clusters (union-find over all pairs) as sorted id lists."""
-    sets = [_shingle_set(r["text"], r["char"]) for r in rows]
-    parent = list(range(len(rows)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for i in range(len(rows)):
-        for j in range(i + 1, len(rows)):
-            a, b = sets[i], sets[j]
-            if len(a & b) / len(a | b) >= threshold:
-                ri, rj = find(i), find(j)
-                parent[max(ri, rj)] = min(ri, rj)
+    roots = exact_roots([_shingle_set(r["text"], r["char"]) for r in rows], threshold)
     groups: dict[int, list[str]] = {}
-    for i in range(len(rows)):
-        groups.setdefault(find(i), []).append(rows[i]["id"])
+    for i, root in enumerate(roots):
+        groups.setdefault(root, []).append(rows[i]["id"])
     return sorted(sorted(g) for g in groups.values())
 
 
