@@ -60,7 +60,6 @@ class _CountedEngine:
         self.model = engine.model
         self.tally = tally
         self.by_item: dict[str, int] = defaultdict(int)  # requests per planned item so far
-        self.finished_tokens = 0
 
     async def chat(
         self, messages: Sequence[dict[str, str]], params: StepParams, request_id: str
@@ -76,10 +75,12 @@ class _CountedEngine:
     def _count(self, request_id: str, tokens: int) -> None:
         self.tally.requests += 1
         self.by_item[request_id.split(":", 1)[0]] += 1
-        self.finished_tokens += tokens
-        self.tally.finished_tokens = self.finished_tokens
-        # engines that stream (vLLM) count tokens as they come; the others when done
-        self.tally.tokens = max(self.finished_tokens, getattr(self.engine, "generated_tokens", 0))
+        self.tally.finished_tokens += tokens
+        self.refresh_tokens()
+
+    def refresh_tokens(self) -> None:
+        """Engines that stream (vLLM) count tokens as they come; the others when done."""
+        self.tally.tokens = max(self.tally.finished_tokens, getattr(self.engine, "generated_tokens", 0))
 
     def close(self) -> None:
         self.engine.close()
@@ -119,9 +120,8 @@ class ConversationGenerator:
         """Send the tally when it changed; streamed tokens change it between requests."""
         sent: dict[str, int] = {}
         while True:
-            inner = self.engine.engine
-            self.tally.tokens = max(self.tally.tokens, getattr(inner, "generated_tokens", 0))
-            cache = getattr(inner, "prefix_cache", None)
+            self.engine.refresh_tokens()
+            cache = getattr(self.engine.engine, "prefix_cache", None)
             if cache:
                 self.tally.prefix_queries, self.tally.prefix_hits = cache["queries"], cache["hits"]
             now = self.tally.to_dict()

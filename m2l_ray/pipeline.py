@@ -325,12 +325,10 @@ def generate(
                     engines_expected=n_actors)
     poll = live_poller(counter)
     finished: set[int] = set()
-    requests = 0
     for batch in _blocks(out, prog, poll, cfg.engine.stall_seconds, cfg.engine.start_seconds):
         # a unit already written (its block's rows seen twice after a retry) is not rewritten
         rows = [r for r in batch.to_pylist() if r["work_unit"] not in finished]
         n_req = sum(n for r in rows for _, _, n in json.loads(r["usage"] or "{}").values())
-        requests += n_req
         for r in rows:
             pending[r["work_unit"]][r["key"]] = r
         for u in [u for u, rs in pending.items() if len(rs) >= expected[u]]:
@@ -351,7 +349,7 @@ def generate(
     return {
         "generated": prog.done,
         "failed": prog.failed,
-        "requests": requests,
+        "requests": prog.ret.requests,
         "units_written": len(finished),
         "completion_tokens": prog.tokens,
         "tokens_per_second": round(prog.tokens_per_second(), 1),

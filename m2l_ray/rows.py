@@ -82,7 +82,6 @@ def generated_rows(raw: pa.Table) -> list[dict[str, Any]]:
         pair_failures = [f for f in r["failures"] or [] if f["step"].startswith(_PAIR_STEPS)]
         out.append({
             **r,
-            "key": r["key"],
             "kind": EVOLVED,
             "multiturn_evol_type": None,
             "multiturn_evol_prompt": None,
