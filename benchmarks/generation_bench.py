@@ -64,8 +64,8 @@ class _Recorder:
 
 
 class RecordingGenerator(ConversationGenerator):
-    def __init__(self, cfg, record_dir: str) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg, record_dir: str, counter=None) -> None:
+        super().__init__(cfg, counter)
         path = os.path.join(record_dir, f"actor-{os.getpid()}.jsonl")
         self.synth.engine = _Recorder(self.engine, path)
 
@@ -85,11 +85,14 @@ def run_pipeline(cfg, n_seeds: int, record_dir: str) -> list[dict]:
     planned = plan(sel, ctx.taxonomy, cfg.seed, cfg.turns.min, cfg.turns.max, 16, cfg.engine.evol_attempts,
                    cfg.evol.per_seed, cfg.evol.multiturn_share)
     s = pool_settings(cfg.engine, len(planned))
+    from m2l_ray.progress import LiveCounter
+
     ray.init(num_cpus=2)
+    counter = ray.remote(num_cpus=0)(LiveCounter).remote()  # as the job has: live tallies, 1/s
     ds = ray.data.from_items([p.to_row() for p in planned], override_num_blocks=s["num_blocks"])
     k = s["tasks_in_flight_per_actor"]
     out = ds.map_batches(
-        RecordingGenerator, fn_constructor_kwargs={"cfg": cfg, "record_dir": record_dir},
+        RecordingGenerator, fn_constructor_kwargs={"cfg": cfg, "record_dir": record_dir, "counter": counter},
         batch_size=cfg.engine.batch_size, batch_format="pyarrow", num_cpus=1,
         compute=ActorPoolStrategy(size=1, max_tasks_in_flight_per_actor=k, max_concurrent_calls_per_actor=k),
     )
@@ -104,8 +107,11 @@ def run_offline(cfg, requests: list[dict]) -> float:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from m2l_ray.engines.vllm_engine import engine_args
+    from m2l_ray.engines.cpu_threads import share_reserved_core
+    from m2l_ray.engines.vllm_engine import engine_args, on_cpu
 
+    if on_cpu():
+        share_reserved_core()  # the same cores as the pipeline's engine computes on
     args = engine_args(cfg.engine, cfg.seed)
     args.pop("disable_log_stats", None)
     llm = LLM(**args)

@@ -99,6 +99,7 @@ class EngineConfig:
     evol_attempts: int = 2  # evol types tried before a seed's evolution counts as failed
     stall_seconds: float = 900.0  # no request finished for this long: the stage fails (watchdog)
     start_seconds: float = 1800.0  # no engine up this long after the stage started: it fails
+    max_restarts: int = 3  # engine actor restarts (a dead vLLM engine) before the stage fails
     # openai engine (see engines/openai_engine.py)
     base_url: str | None = None
     api_key_env: str | None = None
@@ -139,7 +140,7 @@ class JobConfig:
         """What determines the output, not where or how fast it is made.
 
         Left out: output location, storage endpoint, progress interval, actor count and
-        resources, the watchdog limits, and the openai engine's server address, key
+        resources, the watchdog limits and restart bound, and the openai engine's server address, key
         variable and rate limits, so that moving a job or tuning its throughput still
         resumes the same dataset.
         """
@@ -147,7 +148,7 @@ class JobConfig:
         d["output"] = {k: v for k, v in d["output"].items() if k not in ("uri", "progress_seconds")}
         d.pop("storage", None)
         for k in ("base_url", "api_key_env", "openai", "num_actors", "resources", "stall_seconds",
-                  "start_seconds"):
+                  "start_seconds", "max_restarts"):
             d["engine"].pop(k, None)
         return d
 
@@ -320,7 +321,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str | None = None) -> JobCo
 _ENGINE_KEYS = {
     "kind", "model", "max_model_len", "max_num_seqs", "tensor_parallel_size", "num_actors",
     "gpu_memory_utilization", "dtype", "cpu_kvcache_gb", "enforce_eager", "batch_size", "sampling",
-    "evol_attempts", "stall_seconds", "start_seconds", "base_url", "api_key_env", "extra", "openai", "resources",
+    "evol_attempts", "stall_seconds", "start_seconds", "max_restarts", "base_url", "api_key_env", "extra", "openai", "resources",
 }
 _SAMPLING_KEYS = {
     "temperature", "top_p", "max_tokens", "evolve_max_tokens", "user_turn_max_tokens",
@@ -377,6 +378,7 @@ def _engine(r: _Reader, e: Mapping[str, Any]) -> EngineConfig:
         evol_attempts=r.positive(e, "evol_attempts", "engine", d.evol_attempts),
         stall_seconds=float(r.number(e, "stall_seconds", "engine", d.stall_seconds)),
         start_seconds=float(r.number(e, "start_seconds", "engine", d.start_seconds)),
+        max_restarts=r.typed(e, "max_restarts", int, "engine", d.max_restarts),
         base_url=r.typed(e, "base_url", str, "engine", None),
         api_key_env=r.typed(e, "api_key_env", str, "engine", None),
         extra=dict(r.mapping(e, "extra", "engine.extra")),
@@ -389,6 +391,8 @@ def _engine(r: _Reader, e: Mapping[str, Any]) -> EngineConfig:
     for knob in ("stall_seconds", "start_seconds"):
         if getattr(cfg, knob) <= 0:
             raise ConfigError(f"engine.{knob}", f"must be > 0 seconds, got {getattr(cfg, knob):g}", r.source)
+    if cfg.max_restarts < 0:
+        raise ConfigError("engine.max_restarts", f"must be >= 0, got {cfg.max_restarts}", r.source)
     if not 0 < cfg.gpu_memory_utilization <= 1:
         raise ConfigError("engine.gpu_memory_utilization", "must be in (0, 1]", r.source)
     if sampling.max_tokens >= cfg.max_model_len:

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -24,6 +25,7 @@ import pyarrow as pa
 
 from m2l_ray.config import EngineConfig, JobConfig
 from m2l_ray.engines.base import Completion, Engine, EngineDead, RequestFailed, StepParams
+from m2l_ray.errors import M2LError
 from m2l_ray.plan import PlannedConversation
 from m2l_ray.progress import EngineTally
 from m2l_ray.schema import RAW_SCHEMA
@@ -150,6 +152,61 @@ class ConversationGenerator:
             log.error("vLLM engine died (%s); exiting the actor so Ray replaces it", e)
             os._exit(1)
         return pa.Table.from_pylist(list(results), schema=RAW_SCHEMA)
+
+
+def dead_engine_error(exc: BaseException, max_restarts: int) -> M2LError | None:
+    """The stage's error when ``exc`` comes from an engine actor that died for good.
+
+    A dead vLLM engine ends its actor (``__call__`` above) and Ray restarts it up to
+    ``engine.max_restarts`` times, retrying its block; past that, Ray Data raises an
+    actor-death error several wrappers deep, whose traceback says nothing about the
+    knob or the resume. None when the failure is something else.
+    """
+    if not actor_died(exc):
+        return None
+    return M2LError(
+        f"[generate] an engine actor died after {max_restarts} restart(s) "
+        f"(engine.max_restarts={max_restarts}): its engine keeps dying (out of memory, "
+        "a killed process, a device fault). Check the engine actors' logs (`ray logs`, "
+        "the dashboard) and the node's memory; raise engine.max_restarts if deaths are "
+        "rare and expected. Finished work units are kept: a rerun of the same command resumes."
+    )
+
+
+def actor_died(exc: BaseException | None) -> bool:
+    """Whether an actor's death is anywhere in ``exc``'s chain of causes."""
+    from ray.exceptions import RayActorError
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, RayActorError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class ActorDeathLogFilter(logging.Filter):
+    """Keeps Ray Data from logging an engine actor's death with tracebacks (and as a Ray
+    bug to report, which it is not).
+
+    The stage reports it as one line (``dead_engine_error``); the engine actor's own log
+    (forwarded to the driver) keeps the engine's traceback, which says why it died. Ray
+    Data logs some of these records inside its ``except`` block without attaching the
+    exception, so the one being handled counts too."""
+
+    LOGGERS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return not actor_died(exc)
+
+    @classmethod
+    def install(cls) -> None:
+        for name in cls.LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, cls) for f in logger.filters):
+                logger.addFilter(cls())
 
 
 def _node_name() -> str:

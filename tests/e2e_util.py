@@ -7,6 +7,7 @@ driver left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -33,8 +34,8 @@ def small_job(out_uri: str, **sections: Any) -> dict[str, Any]:
     cfg["turns"] = {"min": 2, "max": 2}
     cfg["evol"] = {"per_seed": 1, "multiturn_share": 1.0}  # one multi-turn item per seed
     cfg["engine"].update(cpu_kvcache_gb=1)
-    cfg["engine"]["sampling"].update(temperature=0.0, max_tokens=96, evolve_max_tokens=64,
-                                     user_turn_max_tokens=64)
+    cfg["engine"]["sampling"].update(temperature=0.0, max_tokens=64, evolve_max_tokens=48,
+                                     user_turn_max_tokens=48)
     cfg["output"] = {"uri": out_uri, "work_unit_size": 2, "progress_seconds": 2}
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
@@ -42,6 +43,44 @@ def small_job(out_uri: str, **sections: Any) -> dict[str, Any]:
         else:
             cfg[key] = value
     return cfg
+
+
+TOKI_PONA = [
+    {"language": "tok", "task": "open_ended", "instruction": "o toki e ni: tomo sina li seme?",
+     "reference_answer": "tomo mi li lili li pona."},
+]
+BAD_ROWS = [
+    b'{"language": "en", "task": "open_ended", "instruction": "Give me three tips for sleeping well."}',
+    b'{"language": "en", "task": "open_ended", "instruction": ',
+    b'{"language": "xx", "task": "open_ended", "instruction": "Unknown language here."}',
+    b'{"language": "en", "task": "open_ended", "instruction": ""}',
+]
+#: en, es, sw, zh x 2 tasks + tok x open_ended, one seed per group (the planted en seed of
+#: BAD_ROWS competes with the shipped one), each evolved LOCAL_RUN_K times
+LOCAL_RUN_SEEDS, LOCAL_RUN_K = 9, 2
+
+
+def local_run_job(d: Path) -> Path:
+    """jobs/local.yaml as the demo runs it (2 evolutions per seed, half grown into 2-3 turn
+    conversations) on a slice that has something for every assertion: three resource levels
+    and three scripts, a language added in the config (Toki Pona) and a seed file with bad
+    rows. Outputs a bit shorter than the demo's, for CI's time."""
+    (d / "tok.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TOKI_PONA))
+    (d / "bad.jsonl").write_bytes(b"\n".join(BAD_ROWS) + b"\n")
+    cfg = yaml.safe_load((REPO / "jobs/local.yaml").read_text())
+    cfg["seeds"] = {
+        "sources": ["package:sample", str(d / "tok.jsonl"), str(d / "bad.jsonl")],
+        "languages": ["en", "es", "sw", "zh", "tok"],
+        "tasks": ["question_answering", "open_ended"],
+        "per_group_cap": 1,
+    }
+    cfg["languages"] = {"extra": [{"code": "tok", "name": "Toki Pona", "script": "Latn"}]}
+    # lid.176 has no Toki Pona: config validation demands an explicit policy for it
+    cfg["curation"] = {"lid": {"policies": {"tok": "script_only"}}}
+    cfg["engine"]["sampling"].update(max_tokens=192, evolve_max_tokens=128, user_turn_max_tokens=80)
+    cfg["output"] = {"uri": str(d / "out"), "work_unit_size": 3, "progress_seconds": 2}
+    assert cfg["evol"]["per_seed"] == LOCAL_RUN_K
+    return write_job(d / "job.yaml", cfg)
 
 
 def write_job(path: Path, cfg: dict[str, Any]) -> Path:
@@ -108,3 +147,28 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
             raise AssertionError(f"process ended (rc={proc.returncode}) while waiting for {what}")
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def engine_core_pids(marker: str | None = None, parent: int | None = None) -> list[int]:
+    """Running vLLM engine processes (titled ``VLLM::EngineCore``), of one run's process
+    tree (its ``marker``) or one parent (an engine actor's pid)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if not fh.read().startswith(b"VLLM::EngineCore"):
+                    continue
+            if marker is not None:
+                with open(f"/proc/{pid}/environ", "rb") as fh:
+                    if f"{MARKER}={marker}".encode() not in fh.read().split(b"\0"):
+                        continue
+            if parent is not None:
+                with open(f"/proc/{pid}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) != parent:
+                        continue
+        except OSError:
+            continue
+        out.append(int(pid))
+    return out

@@ -33,6 +33,8 @@ def test_override_parses_yaml_values_and_creates_sections():
         ({"engine": {"modle": "x"}}, "engine.modle", "unknown key"),
         ({"bogus": 1}, "bogus", "unknown key"),
         ({"engine": {"max_num_seqs": 0}}, "engine.max_num_seqs", ">= 1"),
+        ({"engine": {"max_restarts": -1}}, "engine.max_restarts", ">= 0"),
+        ({"engine": {"max_restarts": True}}, "engine.max_restarts", "must be int"),
         ({"engine": {"max_model_len": 512, "sampling": {"max_tokens": 600}}}, "engine.sampling.max_tokens", "no room"),
         ({"engine": {"extra": {"api_key": "sk-123"}}}, "engine.extra.api_key", "never go in the config"),
         ({"engine": {"kind": "openai"}}, "engine.base_url", "required"),
@@ -68,6 +70,7 @@ def test_config_hash_ignores_output_location_but_not_content(tmp_path):
     a = config_from_dict(base)
     b = config_from_dict(apply_overrides(base, ["output.uri=s3://bucket/elsewhere"]))
     c = config_from_dict(apply_overrides(base, ["job.seed=1"]))
-    assert a.config_hash() == b.config_hash()
+    robust = config_from_dict(apply_overrides(base, ["engine.max_restarts=0", "engine.stall_seconds=60"]))
+    assert a.config_hash() == b.config_hash() == robust.config_hash()
     assert a.config_hash() != c.config_hash()
     assert a.config_hash() == config_from_dict(base).config_hash()

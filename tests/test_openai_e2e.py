@@ -29,6 +29,7 @@ from e2e_util import m2l, small_job, write_job
 from flaky_server import OK, Act, FlakyServer, e429, e500
 
 from m2l_ray.config import load_config
+from m2l_ray.engines.cpu_threads import share_reserved_core
 from m2l_ray.engines.openai_engine import preflight
 from m2l_ray.errors import ConfigError
 from m2l_ray.schema import RAW_SCHEMA
@@ -70,6 +71,7 @@ def vllm_server(tmp_path_factory):
            "--served-model-name", MODEL, "--max-model-len", "2048", "--enforce-eager",
            "--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log"]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    share_reserved_core(env)  # as the vllm engine kind does on a small machine
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
@@ -112,8 +114,8 @@ def job(tmp_path_factory, proxy):
     d = tmp_path_factory.mktemp("openai-e2e")
     cfg = small_job(str(d / "out"))
     cfg["seeds"].update(languages=["en", "es"])  # 2 languages x 2 tasks = 4 conversations
-    # local.yaml's budgets (the small ones truncate most evolutions), greedy
-    cfg["engine"]["sampling"].update(max_tokens=320, evolve_max_tokens=160, user_turn_max_tokens=120)
+    # near local.yaml's budgets (small_job's truncate most evolutions), greedy
+    cfg["engine"]["sampling"].update(max_tokens=224, evolve_max_tokens=128, user_turn_max_tokens=96)
     cfg["engine"]["openai"] = {"max_in_flight": 8, "backoff_base": 0.2, "backoff_max": 2.0}
     path = write_job(d / "job.yaml", cfg)
     args = ("run", "--config", str(path), "--set", "engine.kind=openai",

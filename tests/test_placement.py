@@ -174,7 +174,13 @@ def test_preflight_reads_the_live_cluster(gpu_cluster):
 
 def test_each_actor_runs_in_its_own_strict_pack_group_on_one_node(gpu_cluster):
     """Ray Data starts two actors with the plan's remote args; each reports its group,
-    and a child task (as vLLM's Ray workers are) is captured into the same group."""
+    and a child task (as vLLM's Ray workers are) is captured into the same group.
+
+    Each actor registers with a collector when it is built, and no batch returns until
+    both have: Ray Data may hand every block to whichever actor is up first, so counting
+    actors from the rows alone would depend on dispatch timing."""
+    import time
+
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -182,40 +188,59 @@ def test_each_actor_runs_in_its_own_strict_pack_group_on_one_node(gpu_cluster):
 
     plan = preflight(eng(tensor_parallel_size=2))
 
+    @ray.remote(num_cpus=0)
+    class Collector:
+        def __init__(self):
+            self.infos: dict[str, dict] = {}
+
+        def add(self, info: dict) -> None:
+            self.infos[info["actor"]] = info
+
+        def all(self) -> list[dict]:
+            return list(self.infos.values())
+
+    collector = Collector.remote()
+
     @ray.remote(num_cpus=0, num_gpus=1)
     def worker_probe():
         pg = ray.util.get_current_placement_group()
         return (pg.id.hex() if pg else None, ray.get_runtime_context().get_node_id())
 
     class Probe:
-        def __init__(self):
+        def __init__(self, collector):
             pg = ray.util.get_current_placement_group()
             ctx = ray.get_runtime_context()
             child_pg, child_node = ray.get(worker_probe.remote())
+            self.collector = collector
             self.info = {
                 "pg": pg.id.hex() if pg else None,
-                "bundles": pg.bundle_specs if pg else None,
                 "node": ctx.get_node_id(),
                 "child_pg": child_pg,
                 "child_node": child_node,
                 "actor": ctx.get_actor_id(),
             }
+            ray.get(collector.add.remote(self.info))
 
         def __call__(self, batch):
-            n = len(batch["id"])
-            return {k: [str(self.info[k])] * n for k in ("pg", "node", "child_pg", "child_node", "actor")}
+            deadline = time.monotonic() + 120
+            while len(ray.get(self.collector.all.remote())) < plan.actors:
+                assert time.monotonic() < deadline, "the second actor never started"
+                time.sleep(0.2)
+            return {"actor": [self.info["actor"]] * len(batch["id"])}
 
     ds = ray.data.range(8, override_num_blocks=8).map_batches(
         Probe, batch_size=1, compute=ActorPoolStrategy(size=plan.actors),
-        **plan.remote_args(),
+        fn_constructor_kwargs={"collector": collector}, **plan.remote_args(),
     )
     rows = ds.take_all()
-    actors = {r["actor"] for r in rows}
-    pgs = {r["pg"] for r in rows}
-    assert len(actors) == 2 and len(pgs) == 2 and "None" not in pgs
-    for r in rows:
-        assert r["child_pg"] == r["pg"] and r["child_node"] == r["node"]
-    assert len({r["node"] for r in rows}) == 2  # 2 GPUs per node: one group per node
+    infos = ray.get(collector.all.remote())
+    assert len(infos) == 2
+    assert {r["actor"] for r in rows} <= {i["actor"] for i in infos}
+    pgs = {i["pg"] for i in infos}
+    assert len(pgs) == 2 and None not in pgs
+    for i in infos:
+        assert i["child_pg"] == i["pg"] and i["child_node"] == i["node"]
+    assert len({i["node"] for i in infos}) == 2  # 2 GPUs per node: one group per node
     table = ray.util.placement_group_table()
     ours = [t for pg, t in table.items() if pg in pgs]
     assert len(ours) == 2

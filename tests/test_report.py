@@ -24,16 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from e2e_util import m2l, small_job, write_job
+from e2e_util import m2l
 
 from m2l_ray import report as rep
 
 CHROMIUM = Path("/usr/bin/chromium")
 SECTIONS = ("overview", "funnel", "drops", "failures", "lid", "balance", "dropped-samples",
             "kept-samples", "config")
-TOKI_PONA = [{"language": "tok", "task": "open_ended", "instruction": "o toki e ni: tomo sina li seme?",
-              "reference_answer": "tomo mi li lili li pona."}]
-
 
 # ---------------------------------------------------------------------- reading the page
 
@@ -100,21 +97,12 @@ def _table(out: Path, prefix: str) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("report")
-    (d / "tok.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TOKI_PONA))
-    cfg = small_job(str(d / "out"))
-    cfg["seeds"].update(sources=["package:sample", str(d / "tok.jsonl")], languages=["en", "sw", "zh", "tok"])
-    cfg["languages"] = {"extra": [{"code": "tok", "name": "Toki Pona", "script": "Latn"}]}
-    cfg["curation"] = {"lid": {"policies": {"tok": "script_only"}}}
-    cfg["evol"] = {"per_seed": 2, "multiturn_share": 0.5}
-    cfg["turns"] = {"min": 2, "max": 3}
-    job = write_job(d / "job.yaml", cfg)
-    proc = m2l("run", "--config", str(job), cwd=d)
-    assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
-    out = d / "out"
+def run(local_run):
+    """The output of the session's shared local vLLM job (conftest.local_run)."""
+    out = local_run["out"]
+    assert local_run["proc"].returncode == 0, local_run["proc"].stderr[-4000:] + local_run["proc"].stdout[-4000:]
     text = (out / "report.html").read_text("utf-8")
-    return {"dir": d, "out": out, "proc": proc, "html": text, "page": Page(text),
+    return {"dir": local_run["dir"], "out": out, "proc": local_run["proc"], "html": text, "page": Page(text),
             "stats": json.loads((out / "stats.json").read_text())}
 
 
@@ -142,7 +130,7 @@ def test_funnel_equals_stats(run):
     for code, seed in zip(raw.column("language_code").to_pylist(), raw.column("seed_id").to_pylist(), strict=True):
         selected[code].add(seed)
     heur = set(rep.HEURISTIC_REASONS)
-    assert set(stats["per_language"]) == {"en", "sw", "zh", "tok"}
+    assert set(stats["per_language"]) == {"en", "es", "sw", "zh", "tok"}
     for code, c in stats["per_language"].items():
         dropped = stats["curation"]["per_language"][code]["dropped"]
         assert page.value(lang=code, stage="generated") == c["raw"]

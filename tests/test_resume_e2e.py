@@ -2,6 +2,10 @@
 
 Real Ray and the real ``openai`` engine against tests/flaky_server.py (slow answers, so
 the kill lands mid-run); the driver is SIGKILLed with its whole process tree.
+
+How it fails with the fault taken away: without the kill the first run finishes and the
+"it must land mid-run" assertion fails; with the config unchanged the rerun is not
+refused (exit 0, not 2).
 """
 
 from __future__ import annotations

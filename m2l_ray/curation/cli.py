@@ -307,6 +307,10 @@ def langid_command(args: argparse.Namespace) -> int:
     label_codes = langid.label_codes(registry, family)
     start = time.monotonic()
     _ray(args.num_cpus)
+    import ray
+
+    # rows come out in input order: a labelled copy of a file lines up with the file
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     ds = read_table_any(args.input)
     _check_column(ds, args.text_field, "--text-field")
     out = ds.map_batches(_label_batch, batch_format="pyarrow",

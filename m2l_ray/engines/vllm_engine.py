@@ -15,6 +15,7 @@ from typing import Any
 
 from m2l_ray.config import EngineConfig
 from m2l_ray.engines.base import Completion, EngineDead, RequestFailed, StepParams
+from m2l_ray.engines.cpu_threads import share_reserved_core
 from m2l_ray.engines.dtype import DtypeChoice, resolve_dtype
 from m2l_ray.model_cache import resolve_model
 from m2l_ray.placement import executor_backend
@@ -82,7 +83,8 @@ class VLLMEngine:
         self.max_model_len = cfg.max_model_len
         cpu = on_cpu()
         self.dtype = resolve_dtype(cfg.dtype, cpu)
-        self.note = self.dtype.note()  # said in the run log when the engine is up
+        cores = share_reserved_core() if cpu else None  # read by the engine process it spawns
+        self.note = "; ".join(filter(None, [self.dtype.note(), cores]))  # in the run log once up
         self.prefix_cache = {"queries": 0, "hits": 0}  # prompt tokens looked up / found cached
         self._engine = AsyncLLM.from_engine_args(
             AsyncEngineArgs(**engine_args(cfg, seed, self.dtype)),
