@@ -20,13 +20,11 @@ import json
 import logging
 import math
 import os
-import queue
 import socket
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +41,7 @@ from m2l_ray.resume import reusable_units, unit_key
 from m2l_ray.schema import RAW_SCHEMA
 from m2l_ray.seeds import Seed, read_seeds
 from m2l_ray.usage import usage_summary
+from m2l_ray.watchdog import watched_blocks
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +331,7 @@ def generate(
                     engines_expected=n_actors)
     poll = live_poller(counter)
     finished: set[int] = set()
-    blocks = _blocks(out, prog, poll, cfg.engine.stall_seconds, cfg.engine.start_seconds,
+    blocks = watched_blocks(out, prog, poll, cfg.engine.stall_seconds, cfg.engine.start_seconds,
                      lambda e: dead_engine_error(e, cfg.engine.max_restarts))
     for batch in blocks:
         # a unit already written (its block's rows seen twice after a retry) is not rewritten
@@ -384,77 +383,6 @@ def _final_prefix_cache(counter: Any) -> dict[str, Any]:
         return {}
     return {"queried_tokens": t.prefix_queries, "hit_tokens": t.prefix_hits,
             "hit_rate": round(t.prefix_hits / t.prefix_queries, 3)}
-
-
-_END = object()
-
-
-def _blocks(
-    out: Any, prog: Progress, poll: Callable[[], Any], stall_seconds: float,
-    start_seconds: float | None = None, explain: Callable[[BaseException], Exception | None] = lambda e: None,
-) -> Iterator[pa.Table]:
-    """Finished blocks of ``out``, while the calling thread keeps progress and the watchdog.
-
-    A daemon thread iterates Ray Data (which blocks for as long as a block takes) and
-    hands blocks over through a queue; this generator wakes every half second to poll
-    the engines' counts, print a line when one is due, and fail the stage when no
-    engine is up ``start_seconds`` after the start (loading a big model takes minutes,
-    so it has its own limit), or when no request has finished for ``stall_seconds``.
-    ``explain`` turns a failure Ray Data raised into the stage's own error, if it knows it.
-    """
-    q: queue.Queue[Any] = queue.Queue(maxsize=4)
-
-    def read() -> None:
-        try:
-            # prefetch_batches=0: a finished block reaches the loop (and raw/) as soon as it exists
-            for b in out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-                q.put(b)
-            q.put(_END)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the driver's thread
-            q.put(e)
-
-    threading.Thread(target=read, name="generate-reader", daemon=True).start()
-    while True:
-        try:
-            item = q.get(timeout=0.5)
-        except queue.Empty:
-            item = None
-        if item is _END:
-            return
-        if isinstance(item, BaseException):
-            known = explain(item)
-            if known is not None:
-                logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # as for a stall below
-                raise known from item
-            raise item
-        if item is not None:
-            yield item
-        try:
-            prog.observe(poll())
-        except Exception:  # noqa: BLE001 - display only: a counter that can't answer is skipped
-            pass
-        prog.tick()
-        limit = stall_seconds if prog.ready_at is not None else (start_seconds or stall_seconds)
-        if prog.stalled_seconds() > limit:
-            # the stage is abandoned: Ray Data's executor thread would log a traceback as
-            # Ray shuts down under it, burying the one line that says what happened
-            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-            raise M2LError(stall_message(prog, limit))
-
-
-def stall_message(prog: Progress, limit: float) -> str:
-    if prog.ready_at is None:
-        what, knob = "no engine came up", "start_seconds"
-    else:
-        what, knob = f"no request finished ({prog.requests} so far)", "stall_seconds"
-    return (
-        f"[generate] stalled: {what} for {prog.stalled_seconds():.0f}s "
-        f"(engine.{knob}={limit:g}), {prog.total - prog.done} of {prog.total} "
-        "conversations unfinished. Check the engine actors' logs (`ray logs`, the dashboard; "
-        "for engine.kind openai, whether the server answers), that the model fits its "
-        f"device, and raise engine.{knob} if that legitimately takes longer. "
-        "Finished work units are kept: a rerun of the same command resumes."
-    )
 
 
 # ------------------------------------------------------------------ curation + commit

@@ -14,9 +14,9 @@ from m2l_ray.config import EngineConfig
 from m2l_ray.errors import M2LError
 from m2l_ray.generate import ASYNC_BATCHES_PER_TASK, _CountedEngine, planned_requests, pool_settings
 from m2l_ray.languages import LanguageRegistry
-from m2l_ray.pipeline import _blocks
 from m2l_ray.progress import EngineTally, LiveCounter, LiveSnapshot, Progress
 from m2l_ray.taxonomy import Taxonomy
+from m2l_ray.watchdog import watched_blocks
 
 
 class FakeClock:
@@ -139,7 +139,7 @@ def test_watchdog_lets_a_slow_block_through_while_requests_keep_finishing():
         count["n"] += 1  # a request finishes every poll (every ~0.5 s)
         return snap(requests=count["n"], engines=1)
 
-    got = list(_blocks(_Stream([3.0]), p, poll, stall_seconds=1.5))
+    got = list(watched_blocks(_Stream([3.0]), p, poll, stall_seconds=1.5))
     assert [t.column("i").to_pylist() for t in got] == [[0]]
     assert any("requests" in line for line in lines)  # lines kept coming during the block
 
@@ -148,7 +148,7 @@ def test_watchdog_fails_a_stalled_stage_with_what_to_check():
     p = Progress("generate", 3, 12, emit=lambda _: None)
     t0 = time.monotonic()
     with pytest.raises(M2LError) as e:
-        list(_blocks(_Stream([30.0]), p, lambda: snap(requests=2, engines=1), stall_seconds=1.0))
+        list(watched_blocks(_Stream([30.0]), p, lambda: snap(requests=2, engines=1), stall_seconds=1.0))
     assert time.monotonic() - t0 < 10
     msg = str(e.value)
     assert "[generate] stalled: no request finished (2 so far)" in msg
@@ -159,7 +159,7 @@ def test_engine_loading_has_its_own_limit():
     p = Progress("generate", 3, 12, emit=lambda _: None)
     # no engine up yet: a stall limit of 0.5 s does not apply, the start limit (1 s) does
     with pytest.raises(M2LError, match=r"no engine came up for \ds \(engine.start_seconds=1\)"):
-        list(_blocks(_Stream([30.0]), p, lambda: None, stall_seconds=0.5, start_seconds=1.0))
+        list(watched_blocks(_Stream([30.0]), p, lambda: None, stall_seconds=0.5, start_seconds=1.0))
     assert p.stalled_seconds() >= 1.0
 
 
@@ -171,7 +171,14 @@ def test_reader_errors_reach_the_driver_thread():
 
     p = Progress("generate", 1, 2, emit=lambda _: None)
     with pytest.raises(RuntimeError, match="block failed"):
-        list(_blocks(Broken(), p, lambda: None, stall_seconds=60))
+        list(watched_blocks(Broken(), p, lambda: None, stall_seconds=60))
+    # an error the stage knows becomes its own, with Ray Data's as the cause
+    known = M2LError("[generate] explained")
+    explain = lambda e: known if "block failed" in str(e) else None  # noqa: E731
+    with pytest.raises(M2LError, match="explained") as e:
+        list(watched_blocks(Broken(), Progress("generate", 1, 2, emit=lambda _: None), lambda: None,
+                            stall_seconds=60, explain=explain))
+    assert isinstance(e.value.__cause__, RuntimeError)
 
 
 # ------------------------------------------------------------------ the engines' tally
