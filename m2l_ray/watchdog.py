@@ -57,7 +57,7 @@ def watched_blocks(
         if isinstance(item, BaseException):
             known = explain(item)
             if known is not None:
-                logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # as for a stall below
+                _abandon()
                 raise known from item
             raise item
         if item is not None:
@@ -69,10 +69,14 @@ def watched_blocks(
         prog.tick()
         limit = stall_seconds if prog.ready_at is not None else (start_seconds or stall_seconds)
         if prog.stalled_seconds() > limit:
-            # the stage is abandoned: Ray Data's executor thread would log a traceback as
-            # Ray shuts down under it, burying the one line that says what happened
-            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+            _abandon()
             raise M2LError(stall_message(prog, limit))
+
+
+def _abandon() -> None:
+    """The stage is abandoned with its own one-line error: Ray Data's executor thread would
+    log a traceback as Ray shuts down under it, burying the line that says what happened."""
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
 def stall_message(prog: Progress, limit: float) -> str:
