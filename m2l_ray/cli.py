@@ -1,7 +1,7 @@
 """The ``m2l`` command.
 
 ``m2l run`` runs or resumes a job; ``m2l validate`` checks a config and prints the
-plan without starting Ray; ``m2l dedup`` / ``m2l langid`` curate any dataset;
+plan (starting Ray only to read a large seed pool); ``m2l dedup`` / ``m2l langid`` curate any dataset;
 ``m2l s3-server`` starts a local S3-compatible server; ``m2l prepare-model``
 converts the local default model once. User errors print one line, exit 2.
 """
@@ -35,13 +35,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    """The run's own reading, selection and planning, without Ray: what a run would make."""
+    """The run's own reading, selection and planning: what a run would make. No Ray for a
+    small pool; a large one is read on Ray Data (``seed_intake``), and the output says
+    which path was taken, why, and how long it took."""
     import time
 
     from m2l_ray.config import load_config
     from m2l_ray.context import check_seed_languages, prepare
     from m2l_ray.pipeline import plan_job, planned_shape
-    from m2l_ray.seeds import read_seeds
+    from m2l_ray.seed_intake import intake
 
     t0 = time.monotonic()
     cfg = load_config(args.config, args.set or ())
@@ -50,21 +52,24 @@ def _validate(args: argparse.Namespace) -> int:
         from m2l_ray.engines.openai_engine import preflight
 
         preflight(cfg)
-    read = read_seeds(cfg.seeds, ctx.registry, set(ctx.task_ids), ctx.storage)
-    sel, planned = plan_job(ctx, read.seeds)
+    seeds = intake(ctx, store=None, ray_address=args.address)  # validate writes nothing
+    sel = seeds.selection
+    planned = plan_job(ctx, sel)
     warnings = list(ctx.warnings) + check_seed_languages(ctx, {s.language_code for s in sel.selected})
     print(json.dumps({
         "config_hash": cfg.config_hash(),
-        "seeds_read": read.rows_read,
-        "seeds_usable": len(read.seeds),
-        "quarantined": dict(Counter(q.reason for q in read.quarantine)),
+        "seeds_read": seeds.counts.rows_read,
+        "seeds_usable": seeds.usable,
+        "quarantined": seeds.quarantine_reasons,
         "selected": len(sel.selected),
+        "selection_digest": sel.digest(),
         "languages": len({p.language_code for p in planned}),
         "tasks": len({p.task for p in planned}),
         "work_units": len({p.work_unit for p in planned}),
         "turns": dict(sorted(Counter(p.turns for p in planned).items())),
         "planned": planned_shape(sel.selected, planned),
         "warnings": warnings,
+        **seeds.report(),
         "seconds": round(time.monotonic() - t0, 2),
     }, indent=2, ensure_ascii=False))
     return 0
@@ -111,9 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also show Ray Data's own per-operator progress (or set M2L_RAY_PROGRESS=1)")
     r.set_defaults(func=_run)
 
-    v = sub.add_parser("validate", help="check a config and print the plan, without Ray")
+    v = sub.add_parser("validate", help="check a config and print the plan (Ray only for a large seed pool)")
     v.add_argument("--config", required=True)
     v.add_argument("--set", action="append", metavar="KEY=VALUE")
+    v.add_argument("--address", default=None,
+                   help="Ray address for a large seed pool (default: RAY_ADDRESS or local)")
     v.set_defaults(func=_validate)
 
     m = sub.add_parser("prepare-model", help="convert the local default model once")

@@ -45,6 +45,9 @@ class SeedsConfig:
     per_group_cap: int = 8  # seeds per (language, task): the balance knob
     max_chars: int = 4000
     min_chars: int = 2
+    # pools of at least this many MB (on disk) are read on Ray Data (seed_intake); smaller
+    # ones in the driver, faster than a cluster's start-up. 0: always distributed
+    distributed_min_mb: float = 64.0
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,8 @@ class JobConfig:
     def hashed(self) -> dict[str, Any]:
         """What determines the output, not where or how fast it is made.
 
-        Left out: output location, storage endpoint, progress interval, actor count and
+        Left out: output location, storage endpoint, progress interval, the seed reader's
+        in-memory/distributed threshold, actor count and
         resources, the watchdog limits and restart bound, and the openai engine's server address, key
         variable and rate limits, so that moving a job or tuning its throughput still
         resumes the same dataset.
@@ -147,6 +151,7 @@ class JobConfig:
         d = self.to_dict()
         d["output"] = {k: v for k, v in d["output"].items() if k not in ("uri", "progress_seconds")}
         d.pop("storage", None)
+        d["seeds"].pop("distributed_min_mb", None)  # which reader: the same seeds either way
         for k in ("base_url", "api_key_env", "openai", "num_actors", "resources", "stall_seconds",
                   "start_seconds", "max_restarts"):
             d["engine"].pop(k, None)
@@ -222,7 +227,8 @@ def config_from_dict(raw: Mapping[str, Any], source: str | None = None) -> JobCo
     license_id = r.typed(job, "license", str, "job", JobConfig.license)
 
     s = r.mapping(raw, "seeds")
-    r.no_unknown(s, {"sources", "languages", "tasks", "per_group_cap", "max_chars", "min_chars"}, "seeds")
+    r.no_unknown(s, {"sources", "languages", "tasks", "per_group_cap", "max_chars", "min_chars",
+                     "distributed_min_mb"}, "seeds")
     sources_raw = s.get("sources", [{"path": PACKAGE_SEEDS}])
     if isinstance(sources_raw, str):
         sources_raw = [sources_raw]
@@ -250,7 +256,10 @@ def config_from_dict(raw: Mapping[str, Any], source: str | None = None) -> JobCo
         per_group_cap=r.positive(s, "per_group_cap", "seeds", SeedsConfig.per_group_cap),
         max_chars=r.positive(s, "max_chars", "seeds", SeedsConfig.max_chars),
         min_chars=r.positive(s, "min_chars", "seeds", SeedsConfig.min_chars),
+        distributed_min_mb=r.number(s, "distributed_min_mb", "seeds", SeedsConfig.distributed_min_mb),
     )
+    if seeds.distributed_min_mb < 0:
+        raise ConfigError("seeds.distributed_min_mb", f"must be >= 0, got {seeds.distributed_min_mb}", source)
 
     langs = r.mapping(raw, "languages")
     r.no_unknown(langs, {"extra"}, "languages")

@@ -7,6 +7,7 @@ Output layout under ``output.uri`` (local folder or s3://bucket/prefix):
     seed_evol_data/part-00000.parquet  every evolved pair that passed (single turn)
     full_data/part-00000.parquet       seeds + evolved pairs + multi-turn conversations
     quarantine/seeds.jsonl   seed rows that could not be used, with file, row, field, reason
+                             (quarantine/seeds/*.jsonl shards when read on Ray Data)
     quarantine/curation-00000.parquet  conversations curation dropped, with the reason
     stats.json               counts per reason per language, tokens, timings
     README.md                the dataset card: HF configs header, config, counts, pass rates
@@ -35,11 +36,12 @@ from m2l_ray import __version__
 from m2l_ray.config import JobConfig
 from m2l_ray.context import JobContext, check_seed_languages, prepare
 from m2l_ray.errors import M2LError
-from m2l_ray.plan import PlannedConversation, Selection, plan, select
+from m2l_ray.plan import PlannedConversation, Selection, plan
 from m2l_ray.progress import EngineTally, LiveCounter, Progress, live_poller
 from m2l_ray.resume import reusable_units, unit_key
 from m2l_ray.schema import RAW_SCHEMA
-from m2l_ray.seeds import Seed, read_seeds
+from m2l_ray.seed_intake import intake
+from m2l_ray.seeds import Seed
 from m2l_ray.usage import usage_summary
 from m2l_ray.watchdog import watched_blocks
 
@@ -140,21 +142,17 @@ def _run_locked(
     restart: bool = False,
 ) -> dict[str, Any]:
     cfg = ctx.cfg
-    # seeds -> quarantine
-    read = read_seeds(cfg.seeds, ctx.registry, set(ctx.task_ids), ctx.storage)
-    store.put_bytes("quarantine/seeds.jsonl", read.quarantine_jsonl())
-    q_reasons = Counter(q.reason for q in read.quarantine)
-    emit(f"[seeds] read {read.rows_read} rows from {len(read.files)} file(s): "
-         f"{len(read.seeds)} usable, {len(read.quarantine)} quarantined "
-         f"{dict(q_reasons) if q_reasons else ''}".rstrip())
-
-    sel, planned = plan_job(ctx, read.seeds)
+    # seeds -> quarantine -> selection (in the driver, or on Ray Data for a large pool)
+    seeds = intake(ctx, store, ray_address)
+    emit(f"[seeds] {seeds.line()}")
+    sel = seeds.selection
+    planned = plan_job(ctx, sel)
     if not cfg.seeds.languages:
         for w in check_seed_languages(ctx, {s.language_code for s in sel.selected}):
             emit(f"[config] {w}")
     if not planned:
         raise M2LError("no seeds selected: check seeds.sources, seeds.languages and seeds.tasks "
-                       f"(quarantine: {dict(q_reasons)})")
+                       f"(quarantine: {seeds.quarantine_reasons})")
     shape = planned_shape(sel.selected, planned)
     emit(f"[plan] {shape['seed_rows']} seed rows, {shape['evolved_pairs']} evolved pairs "
          f"({cfg.evol.per_seed} per seed), {shape['multiturn_conversations']} of them grown into "
@@ -174,14 +172,14 @@ def _run_locked(
         gen_stats = generate(ctx, todo, units, store, emit)
 
     raw = _read_raw(store, sorted(units))
-    usable = Counter(s.language_code for s in read.seeds)
+    usable = seeds.usable_per_language()
     chosen = Counter(s.language_code for s in sel.selected)
     summary = finalize(ctx, store, raw, sel.selected, emit)
     summary.update(
-        seeds_read=read.rows_read,
-        seeds_usable=len(read.seeds),
-        seeds_quarantined=len(read.quarantine),
-        quarantine_reasons=dict(q_reasons),
+        seeds_read=seeds.counts.rows_read,
+        seeds_usable=seeds.usable,
+        seeds_quarantined=seeds.quarantined,
+        quarantine_reasons=seeds.quarantine_reasons,
         seeds_selected=len(sel.selected),
         seeds_over_cap=sel.over_cap,
         seeds_filtered_out=sel.skipped_by_filter,
@@ -200,15 +198,13 @@ def _read_raw(store: Any, unit_ids: Sequence[int]) -> pa.Table:
     return pa.concat_tables([t.select(RAW_SCHEMA.names).cast(RAW_SCHEMA) for t in tables])
 
 
-def plan_job(ctx: JobContext, seeds: Sequence[Seed]) -> tuple[Selection, list[PlannedConversation]]:
-    """Selection and plan of a job: what ``m2l run`` generates and ``m2l validate`` prints."""
+def plan_job(ctx: JobContext, sel: Selection) -> list[PlannedConversation]:
+    """The plan of a job's selection: what ``m2l run`` generates and ``m2l validate`` prints."""
     cfg = ctx.cfg
-    sel = select(seeds, cfg.seed, cfg.seeds.per_group_cap, cfg.seeds.languages, cfg.seeds.tasks)
-    planned = plan(
+    return plan(
         sel.selected, ctx.taxonomy, cfg.seed, cfg.turns.min, cfg.turns.max,
         cfg.output.work_unit_size, cfg.engine.evol_attempts, cfg.evol.per_seed, cfg.evol.multiturn_share,
     )
-    return sel, planned
 
 
 def planned_shape(selected: Sequence[Seed], planned: Sequence[PlannedConversation]) -> dict[str, int]:

@@ -29,12 +29,28 @@ def stable_int(*parts: object, bits: int = 31) -> int:
     return int.from_bytes(digest[:8], "big") % (1 << bits)
 
 
+def selection_key(job_seed: int, seed_id: str) -> tuple[int, str]:
+    """A seed's place in its (language, task) group: the smallest keys are selected.
+    A function of (job seed, seed id) alone, so any reader, any split of the pool into
+    blocks and any merge order ranks the same seeds the same way."""
+    return stable_int(job_seed, "select", seed_id), seed_id
+
+
 @dataclass(frozen=True)
 class Selection:
     selected: list[Seed]
     skipped_by_filter: int  # language/task not asked for by the job
     over_cap: int  # beyond seeds.per_group_cap in their (language, task) group
     groups: dict[str, int]  # "lang/task" -> seeds selected
+
+    def digest(self) -> str:
+        """16 hex digits over every selected seed's id and source (file, row), in id
+        order: two runs (or the two intake paths) picked the same seeds from the same
+        rows exactly when their digests match, without printing 13K seeds."""
+        h = hashlib.sha256()
+        for s in sorted(self.selected, key=lambda s: s.seed_id):
+            h.update(f"{s.seed_id}\x1f{s.source_file}\x1f{s.source_row}\x1e".encode())
+        return h.hexdigest()[:16]
 
 
 def select(
@@ -64,7 +80,7 @@ def select(
     over = 0
     counts: dict[str, int] = {}
     for key in sorted(groups):
-        ranked = sorted(groups[key], key=lambda s: (stable_int(job_seed, "select", s.seed_id), s.seed_id))
+        ranked = sorted(groups[key], key=lambda s: selection_key(job_seed, s.seed_id))
         take = ranked[:per_group_cap]
         over += len(ranked) - len(take)
         counts[f"{key[0]}/{key[1]}"] = len(take)

@@ -22,6 +22,10 @@ def test_selection_is_balanced_and_deterministic():
     assert set(groups.values()) == {1}
     assert {lang for lang, _ in groups} == {"en", "sw", "am"}
     assert a.skipped_by_filter == len(SEEDS) - 27
+    assert a.digest() == b.digest()  # input order does not matter
+    moved = a.selected[0].__class__(**{**a.selected[0].__dict__, "source_row": -1})
+    other = a.__class__([moved, *a.selected[1:]], a.skipped_by_filter, a.over_cap, a.groups)
+    assert other.digest() != a.digest()  # the same seed from another row is another pick
 
 
 def test_cap_picks_a_seed_dependent_sample(tmp_path):
