@@ -49,4 +49,10 @@ _OWN_CLUSTER_FIRST = ("test_placement.py",)
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name not in _OWN_CLUSTER_FIRST)
+    """Own-cluster modules first; then every test on the session-wide ``curation_ray``,
+    while that instance is fresh: the modules after them start, kill and restart many
+    Ray clusters of their own for minutes, and in one CI run the session instance's GCS
+    had become unreachable by the time a late module (test_seed_intake) used it, which
+    ends the pytest process itself. The sort is stable: file order holds within each."""
+    items.sort(key=lambda item: (item.path.name not in _OWN_CLUSTER_FIRST,
+                                 "curation_ray" not in getattr(item, "fixturenames", ())))
