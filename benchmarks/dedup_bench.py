@@ -335,10 +335,10 @@ def run_kernel(texts: list[str], params: minhash.LshParams, seed: int = 1,
     est = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).mean(axis=1) if len(pairs) else np.zeros(0)
     vals = np.concatenate([s[0] for s in sets])
     offs = np.concatenate([[0], np.cumsum(np.concatenate([np.diff(s[1]) for s in sets]))])
-    from m2l_ray.curation.dedup import _gather_lists
+    from m2l_ray.curation.dedup.arrays import gather_lists
 
-    va, oa = _gather_lists(vals, offs, pairs[:, 0])
-    vb, ob = _gather_lists(vals, offs, pairs[:, 1])
+    va, oa = gather_lists(vals, offs, pairs[:, 0])
+    vb, ob = gather_lists(vals, offs, pairs[:, 1])
     exact = minhash.pair_jaccard(va, oa, vb, ob) if len(pairs) else np.zeros(0)
     cpu_total = time.process_time() - c0
     as_set = lambda mask: set(map(tuple, pairs[mask].tolist()))  # noqa: E731

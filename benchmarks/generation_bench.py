@@ -26,8 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from m2l_ray.config import load_config
+from m2l_ray.engine_actor import ConversationGenerator
 from m2l_ray.engines.base import Completion, StepParams
-from m2l_ray.generate import ConversationGenerator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,9 +75,9 @@ def run_pipeline(cfg, n_seeds: int, record_dir: str) -> list[dict]:
     from ray.data import ActorPoolStrategy
 
     from m2l_ray.context import prepare
-    from m2l_ray.generate import pool_settings
+    from m2l_ray.engine_actor import pool_settings
     from m2l_ray.plan import plan, select
-    from m2l_ray.seeds import read_seeds
+    from m2l_ray.seeds.reader import read_seeds
 
     ctx = prepare(cfg)
     read = read_seeds(cfg.seeds, ctx.registry, set(ctx.task_ids))
@@ -135,16 +135,41 @@ def run_offline(cfg, requests: list[dict]) -> float:
     return seconds
 
 
+def in_flight_profile(requests: list[dict], capacity: int) -> dict[str, float]:
+    """Where the pipeline's window goes: mean requests in flight, the share of the window
+    with fewer than the engine's batch (``capacity``) in flight, and the tail (from the
+    last moment the batch was full to the end) as a share of the window."""
+    events = sorted([(r["t0"], 1) for r in requests] + [(r["t1"], -1) for r in requests])
+    start, end = events[0][0], events[-1][0]
+    level, last, area, under, last_full = 0, start, 0.0, 0.0, start
+    for t, d in events:
+        area += level * (t - last)
+        if level < capacity:
+            under += t - last
+        else:
+            last_full = t
+        level, last = level + d, t
+    window = end - start
+    return {
+        "mean_in_flight": round(area / window, 1),
+        "share_below_batch": round(under / window, 3),
+        "tail_share": round((end - last_full) / window, 3),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(REPO / "jobs/local.yaml"))
     ap.add_argument("--seeds", type=int, default=48)
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--requests", metavar="DIR",
+                    help="skip the pipeline: rerun the offline side on the requests recorded in DIR")
     args = ap.parse_args()
     cfg = load_config(args.config, ["seeds.languages=all", "seeds.tasks=all", *args.set])
-    record_dir = tempfile.mkdtemp(prefix="m2l-bench-")
+    record_dir = args.requests or tempfile.mkdtemp(prefix="m2l-bench-")
+    print(f"requests recorded in {record_dir}", flush=True)
     t = time.time()
-    rows = run_pipeline(cfg, args.seeds, record_dir)
+    rows = [] if args.requests else run_pipeline(cfg, args.seeds, record_dir)
     wall = time.time() - t
     requests = [json.loads(line) for f in glob.glob(f"{record_dir}/*.jsonl") for line in open(f)]
     tokens = sum(r["completion_tokens"] for r in requests)
@@ -161,6 +186,7 @@ def main() -> None:
         "requests": len(requests),
         "generated_tokens": tokens,
         "peak_requests_in_flight": max(r["in_flight"] for r in requests),
+        **in_flight_profile(requests, cfg.engine.max_num_seqs),
         "pipeline_window_s": round(window, 1),
         "pipeline_wall_s_incl_startup": round(wall, 1),
         "pipeline_tok_s": round(pipe_tps, 1),

@@ -70,7 +70,7 @@ class Timed:
 def planned_conversations(cfg: JobConfig, n: int) -> list[Any]:
     from m2l_ray.context import prepare
     from m2l_ray.plan import plan, select
-    from m2l_ray.seeds import read_seeds
+    from m2l_ray.seeds.reader import read_seeds
 
     ctx = prepare(cfg)
     read = read_seeds(cfg.seeds, ctx.registry, set(ctx.task_ids))

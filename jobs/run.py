@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if _check_config(argv) and os.environ.get("RAY_ADDRESS"):
-        from m2l_ray.pipeline import ray_init
+        from m2l_ray.ray_session import ray_init
 
         ray_init()  # the run reuses this connection
     signal.signal(signal.SIGTERM, _stop)

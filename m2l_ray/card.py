@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from m2l_ray.config import JobConfig
-from m2l_ray.report import REPORT_KEY, RESOURCE_ORDER, STAGES, drops_per_language, funnel, reason_order
+from m2l_ray.layout import REPORT_KEY
+from m2l_ray.report import RESOURCE_ORDER, STAGES, drops_per_language, funnel, reason_order
 from m2l_ray.schema import CONFIGS
 
 _SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -28,8 +29,12 @@ def size_category(rows: int) -> str:
 
 
 def card_header(cfg: JobConfig, summary: dict[str, Any], shards: list[dict[str, Any]]) -> dict[str, Any]:
-    """The YAML header: every config with the shards it has (paths relative to the card)."""
+    """The YAML header: every config with the shards it has (paths relative to the card).
+    A config with no rows is left out: ``datasets`` can't load a split of no rows ("corresponds
+    to no data"), and JSONL has no shard for it at all; its count (0) is in the card's text."""
     rows = summary.get("rows", {})
+    paths = {name: [s["key"] for s in shards if s.get("config") == name and s.get("rows", 1)]
+             for name in CONFIGS}
     return {
         "pretty_name": cfg.name,
         "license": cfg.license,
@@ -39,10 +44,9 @@ def card_header(cfg: JobConfig, summary: dict[str, Any], shards: list[dict[str, 
         "tags": ["synthetic", "multilingual", "multi-turn", "m2lingual", "m2l-ray"],
         "configs": [
             {"config_name": name,
-             "data_files": [{"split": "train",
-                             "path": [s["key"] for s in shards if s.get("config") == name]}],
+             "data_files": [{"split": "train", "path": paths[name]}],
              **({"default": True} if name == "full_data" else {})}
-            for name in CONFIGS
+            for name in CONFIGS if paths[name]
         ],
     }
 
@@ -56,7 +60,7 @@ def dataset_card(cfg: JobConfig, summary: dict[str, Any], shards: list[dict[str,
     reproduce the run (config hash, versions, the full config).
     """
     if versions is None:
-        from m2l_ray.pipeline import versions as installed_versions
+        from m2l_ray.provenance import versions as installed_versions
 
         versions = installed_versions()
     header = yaml.safe_dump(card_header(cfg, summary, shards), sort_keys=False, allow_unicode=True)

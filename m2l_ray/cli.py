@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -21,13 +20,13 @@ from m2l_ray.errors import M2LError
 
 def _run(args: argparse.Namespace) -> int:
     from m2l_ray.config import load_config
-    from m2l_ray.pipeline import RunOptions, run
+    from m2l_ray.runner import RunOptions, run
 
     cfg = load_config(args.config, args.set or ())
     if args.ray_progress:
         import os
 
-        from m2l_ray.pipeline import RAY_PROGRESS_ENV
+        from m2l_ray.ray_session import RAY_PROGRESS_ENV
 
         os.environ[RAY_PROGRESS_ENV] = "1"
     run(cfg, RunOptions(ray_address=args.address, force_lock=args.force_lock, restart=args.restart))
@@ -35,55 +34,27 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    """The run's own reading, selection and planning: what a run would make. No Ray for a
-    small pool; a large one is read on Ray Data (``seed_intake``), and the output says
-    which path was taken, why, and how long it took."""
-    import time
-
+    """The run's own reading, selection and planning (``Runner.plan``): what a run would
+    make. No Ray for a small pool; a large one is read on Ray Data (``seeds.intake``), and
+    the output says which path was taken, why, and how long it took."""
     from m2l_ray.config import load_config
-    from m2l_ray.context import check_seed_languages, prepare
-    from m2l_ray.pipeline import plan_job, planned_shape
-    from m2l_ray.seed_intake import intake
+    from m2l_ray.runner import Runner, RunOptions
 
-    t0 = time.monotonic()
     cfg = load_config(args.config, args.set or ())
-    ctx = prepare(cfg)
-    if cfg.engine.kind == "openai":
-        from m2l_ray.engines.openai_engine import preflight
-
-        preflight(cfg)
-    seeds = intake(ctx, store=None, ray_address=args.address)  # validate writes nothing
-    sel = seeds.selection
-    planned = plan_job(ctx, sel)
-    warnings = list(ctx.warnings) + check_seed_languages(ctx, {s.language_code for s in sel.selected})
-    print(json.dumps({
-        "config_hash": cfg.config_hash(),
-        "seeds_read": seeds.counts.rows_read,
-        "seeds_usable": seeds.usable,
-        "quarantined": seeds.quarantine_reasons,
-        "selected": len(sel.selected),
-        "selection_digest": sel.digest(),
-        "languages": len({p.language_code for p in planned}),
-        "tasks": len({p.task for p in planned}),
-        "work_units": len({p.work_unit for p in planned}),
-        "turns": dict(sorted(Counter(p.turns for p in planned).items())),
-        "planned": planned_shape(sel.selected, planned),
-        "warnings": warnings,
-        **seeds.report(),
-        "seconds": round(time.monotonic() - t0, 2),
-    }, indent=2, ensure_ascii=False))
+    report = Runner(cfg, RunOptions(ray_address=args.address)).validate()
+    print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
 
 
 def _prepare_model(args: argparse.Namespace) -> int:
-    from m2l_ray.model_cache import ensure_local_model
+    from m2l_ray.devtools.model import ensure_local_model
 
     print(ensure_local_model())
     return 0
 
 
 def _s3_server(args: argparse.Namespace) -> int:
-    from m2l_ray.s3server import serve
+    from m2l_ray.devtools.s3server import serve
 
     return serve(args) or 0
 
@@ -128,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("s3-server", help="start a local S3-compatible server (SeaweedFS)",
                        description="Run a local S3-compatible server (SeaweedFS) for m2l-ray.")
-    from m2l_ray.s3server import add_arguments as s3_arguments
+    from m2l_ray.devtools.s3server import add_arguments as s3_arguments
 
     s3_arguments(s)
     s.set_defaults(func=_s3_server)
@@ -151,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except M2LError as e:
-        from m2l_ray.storage import redact
+        from m2l_ray.io import redact
 
         print(f"m2l: error: {redact(str(e))}", file=sys.stderr)
         return 2

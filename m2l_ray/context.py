@@ -2,14 +2,14 @@
 
 ``prepare`` turns a parsed config into registry, taxonomy and curation settings and
 checks what the YAML parser can't: unknown language codes and tasks, unreadable
-seed paths, a model that isn't there. All of it runs on the driver in seconds, so a
-typo fails the job before a cluster spends money on it.
+seed paths (the engine's own checks, a model or server that isn't there, are its
+spec's ``preflight``). All of it runs on the driver in seconds, so a typo fails the
+job before a cluster spends money on it.
 """
 
 from __future__ import annotations
 
 import glob
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ def load_taxonomy(cfg: JobConfig, base: Taxonomy | None = None) -> Taxonomy:
 def prepare(cfg: JobConfig) -> JobContext:
     """Load and cross-check; raises ConfigError naming the key on the first problem."""
     from m2l_ray.curation.config import CurationConfig
-    from m2l_ray.storage import StorageOptions
+    from m2l_ray.io import StorageOptions
 
     registry = load_registry(cfg)
     if cfg.taxonomy.path and not Path(cfg.taxonomy.path).is_dir():
@@ -75,11 +75,6 @@ def prepare(cfg: JobConfig) -> JobContext:
             raise ConfigError(f"seeds.sources[{i}].path", f"no such file, folder or glob: {src.path}", cfg.source)
         if src.task is not None and src.task not in taxonomy.tasks:
             raise ConfigError(f"seeds.sources[{i}].task", f"unknown task '{src.task}'", cfg.source)
-    e = cfg.engine
-    if e.kind == "vllm" and e.model != "smollm2-135m-instruct":
-        looks_local = e.model.startswith(("/", "./", "../", "~"))
-        if looks_local and not Path(os.path.expanduser(e.model)).exists():
-            raise ConfigError("engine.model", f"model folder not found: {e.model}", cfg.source)
     curation = CurationConfig.from_dict(cfg.curation, source=cfg.source)
     # a language the LID model can't identify needs an explicit policy, named here; with
     # no language list the check runs on the languages found in the seeds (check_seed_languages)

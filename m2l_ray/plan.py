@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 
-from m2l_ray.seeds import Seed
+from m2l_ray.seeds.records import Seed
 from m2l_ray.taxonomy import Taxonomy
 
 
@@ -179,3 +179,9 @@ def plan(
             )
     out.sort(key=lambda p: p.key)
     return [replace(p, work_unit=i // work_unit_size) for i, p in enumerate(out)]
+
+
+def planned_requests(p: PlannedConversation) -> int:
+    """Requests an item needs when nothing fails: an evolution and an answer for the
+    first turn (the evolved pair), a user message and an answer for each further turn."""
+    return 2 * p.turns

@@ -20,10 +20,21 @@ from typing import Any
 import yaml
 
 from m2l_ray.languages import Language
-from m2l_ray.scripts import script_ratio
 from m2l_ray.taxonomy import Evol
+from m2l_ray.textchecks import (
+    RefusalCheck,
+    ScriptCheck,
+    leaked_marker,
+    normalise_phrases,
+    template_echo,
+    words,
+)
 
 Message = dict[str, str]
+
+#: A generated instruction is short, and a refusal anywhere in its opening reads as one:
+#: the window is wider than a curated turn's (curation.heuristics.refusal_window).
+INSTRUCTION_REFUSAL_WINDOW = 300
 
 
 @dataclass(frozen=True)
@@ -34,12 +45,11 @@ class PromptBook:
     strip_prefixes: tuple[re.Pattern[str], ...]
     cut_markers: tuple[re.Pattern[str], ...]
     leak_markers: tuple[str, ...]
-    generic_refusals: tuple[str, ...]
-    min_script_ratio: float
-    script_min_letters: int
+    refusal: RefusalCheck  # prompts.yaml's generic_refusals on top of each language's phrases
     copy_similarity: float
     preface_max_chars: int = 80
     preface_keywords: tuple[str, ...] = ()
+    script: ScriptCheck = ScriptCheck()  # the same thresholds curation's script check uses
 
     @classmethod
     def from_mapping(cls, d: dict[str, Any]) -> PromptBook:
@@ -51,9 +61,7 @@ class PromptBook:
             strip_prefixes=tuple(re.compile(p, flags) for p in d["strip_prefixes"]),
             cut_markers=tuple(re.compile(p, flags) for p in d["cut_markers"]),
             leak_markers=tuple(m.lower() for m in d["leak_markers"]),
-            generic_refusals=tuple(m.lower() for m in d["generic_refusals"]),
-            min_script_ratio=float(d["min_script_ratio"]),
-            script_min_letters=int(d["script_min_letters"]),
+            refusal=RefusalCheck(INSTRUCTION_REFUSAL_WINDOW, normalise_phrases(d["generic_refusals"])),
             copy_similarity=float(d["copy_similarity"]),
             preface_max_chars=int(d.get("preface_max_chars", 80)),
             preface_keywords=tuple(k.lower() for k in d.get("preface_keywords", ())),
@@ -181,10 +189,6 @@ def _strip_preface_clause(book: PromptBook, t: str) -> str:
     return t
 
 
-def _norm(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
 def instruction_problem(
     book: PromptBook,
     text: str,
@@ -196,55 +200,31 @@ def instruction_problem(
     """Why a generated instruction or user turn is unusable, or None if it is fine.
 
     Returns (reason, detail); reasons: empty, refusal, template_leakage, wrong_script,
-    and ``copy_reason`` (copy_of_seed, or repeated_turn for later user turns).
+    and ``copy_reason`` (copy_of_seed, or repeated_turn for later user turns). The
+    refusal, leakage and script checks are the ones curation runs (m2l_ray/textchecks.py).
     """
     if len(text.strip()) < 2:
         return "empty", "no text after cleaning"
-    low = text.lower()
-    head = low[:300]
-    for phrase in (*book.generic_refusals, *lang.refusals):
-        if phrase and phrase in head:
-            return "refusal", phrase
-    for marker in book.leak_markers:
-        if marker in low:
-            return "template_leakage", marker
-    copied = _template_overlap(text, template)
-    if copied:
-        return "template_leakage", copied
+    phrase = book.refusal.phrase(text, lang.refusals)
+    if phrase:
+        return "refusal", phrase
+    leaked = leaked_marker(text.lower(), book.leak_markers) or template_echo(text, template)
+    if leaked:
+        return "template_leakage", leaked
     script_problem = script_check(book, text, lang)
     if script_problem:
         return script_problem
-    n = _norm(text)
+    n = words(text)
     for prev in previous:
-        p = _norm(prev)
+        p = words(prev)
         if n == p or difflib.SequenceMatcher(None, n, p).ratio() >= book.copy_similarity:
             return copy_reason, prev[:80]
     return None
 
 
-_PLACEHOLDER = re.compile(r"\{[a-z_]+\}")
-_LEAK_NGRAM = 6
-
-
-def _template_overlap(text: str, template: str) -> str | None:
-    """A run of six words copied from our own prompt template: the model echoed the prompt."""
-    if not template:
-        return None
-    t_words = _norm(_PLACEHOLDER.sub(" | ", template)).split()
-    o_words = _norm(text).split()
-    grams = {tuple(t_words[i : i + _LEAK_NGRAM]) for i in range(len(t_words) - _LEAK_NGRAM + 1)}
-    for i in range(len(o_words) - _LEAK_NGRAM + 1):
-        g = tuple(o_words[i : i + _LEAK_NGRAM])
-        if g in grams:
-            return " ".join(g)
-    return None
-
-
 def script_check(book: PromptBook, text: str, lang: Language) -> tuple[str, str] | None:
-    letters = sum(1 for c in text if c.isalpha())
-    if letters < book.script_min_letters:
-        return None
-    ratio = script_ratio(text, lang.script)
-    if ratio < book.min_script_ratio:
+    """("wrong_script", detail) when too few of the text's letters are in the language's script."""
+    ratio = book.script.wrong_ratio(text, lang.script)
+    if ratio is not None:
         return "wrong_script", f"{ratio:.2f} of letters in {lang.script}"
     return None

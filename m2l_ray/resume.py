@@ -12,24 +12,17 @@ name the keys that differ.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from m2l_ray.config import JobConfig
 from m2l_ray.errors import M2LError
+from m2l_ray.layout import CONFIG_KEY, RAW_PREFIX, unit_key, unit_of
 from m2l_ray.plan import PlannedConversation
-
-CONFIG_KEY = "config.json"  # the config raw/ was made with (hashed part, as JSON)
-_UNIT_RE = re.compile(r"^raw/unit-(\d{5,})\.parquet$")
-
-
-def unit_key(unit: int) -> str:
-    return f"raw/unit-{unit:05d}.parquet"
 
 
 def raw_units(store: Any) -> list[int]:
-    return sorted(int(m.group(1)) for k in store.list("raw/") if (m := _UNIT_RE.match(k)))
+    return sorted(u for k in store.list(RAW_PREFIX) if (u := unit_of(k)) is not None)
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

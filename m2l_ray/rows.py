@@ -25,7 +25,7 @@ import pyarrow as pa
 from m2l_ray import __version__
 from m2l_ray.languages import LanguageRegistry
 from m2l_ray.schema import CONFIGS, EVOLVED, MULTITURN, RAW_SCHEMA, SEED
-from m2l_ray.seeds import Seed
+from m2l_ray.seeds.records import Seed
 
 #: the steps of an evolved pair; the rest belong to the multi-turn conversation only
 _PAIR_STEPS = ("evolve", "answer.1")

@@ -16,13 +16,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from m2l_ray.errors import M2LError
+from m2l_ray.io.writers import is_shard
+from m2l_ray.layout import CONFIG_NAMES, MANIFEST_KEY, STATS_KEY
 from m2l_ray.report import (
-    CONFIG_NAMES,
-    MANIFEST_KEY,
-    STATS_KEY,
-    _read,
     add_storage_arguments,
     open_output,
+    read_columns,
     reason_order,
 )
 from m2l_ray.schema import CONFIGS
@@ -39,7 +38,7 @@ def _shard_keys(store: Any, config: str) -> list[str]:
         keys = [s["key"] for s in store.get_json(MANIFEST_KEY).get("shards", []) if s.get("config") == config]
         if keys:
             return sorted(keys)
-    return sorted(k for k in store.list(f"{config}/") if k.endswith(".parquet"))
+    return sorted(k for k in store.list(f"{config}/") if is_shard(k.rsplit("/", 1)[-1]))
 
 
 def _matches(row: Mapping[str, Any], language: str | None, task: str | None,
@@ -59,7 +58,7 @@ def _rows(store: Any, keys: list[str], columns: list[str], seen: set[str],
     """Matching rows in shard order, reading one shard at a time; ``seen`` collects the
     language codes passed over, to tell a misspelt language from an empty filter."""
     for key in keys:
-        for row in _read(store, key, columns).to_pylist():
+        for row in read_columns(store, key, columns).to_pylist():
             seen.add(str(row.get("language_code")))
             if _matches(row, **filters):
                 yield row

@@ -66,6 +66,21 @@ class _Acc:
         self.failures.append({"step": step, "reason": reason, "detail": detail[:300]})
 
 
+def requests_after(p: PlannedConversation, step: str) -> int:
+    """Requests the conversation still needs after ``step`` when nothing fails.
+
+    ``evolve.N`` (any attempt) and ``answer.1`` make the evolved pair; every further turn
+    T is ``user.T`` then ``answer.T``. Engines that schedule by priority run the request
+    with the most work behind it first (critical path first): a job's last minutes are
+    then not spent on a few long conversations running their turns one by one on a
+    nearly empty batch.
+    """
+    stage, _, n = step.partition(".")
+    turn = int(n) if stage != "evolve" else 0
+    done = {"evolve": 1, "answer": 2 * turn, "user": 2 * turn - 1}[stage]
+    return max(0, 2 * p.turns - done)
+
+
 class Synthesizer:
     """Drives one conversation at a time; many run concurrently on one engine."""
 
@@ -88,7 +103,8 @@ class Synthesizer:
     def _params(self, p: PlannedConversation, step: str, max_tokens: int) -> StepParams:
         s = self.job.sampling
         seed = stable_int(p.request_seed, step) if s.seed else None
-        return StepParams(max_tokens, s.temperature, s.top_p, s.repetition_penalty, seed)
+        return StepParams(max_tokens, s.temperature, s.top_p, s.repetition_penalty, seed,
+                          priority=-requests_after(p, step))
 
     async def _ask(
         self, p: PlannedConversation, acc: _Acc, step: str, messages: list[dict[str, str]], max_tokens: int

@@ -14,6 +14,22 @@ pytest_plugins = ["conftest_s3"]
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def registry():
+    """The shipped language registry (fresh per module: a test may extend its own)."""
+    from m2l_ray.languages import LanguageRegistry
+
+    return LanguageRegistry.load()
+
+
+@pytest.fixture(scope="module")
+def taxonomy():
+    """The shipped taxonomy."""
+    from m2l_ray.taxonomy import Taxonomy
+
+    return Taxonomy.load()
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from m2l_ray.s3server import LocalS3, find_weed
+from m2l_ray.devtools.s3server import LocalS3, find_weed
 
 S3_TEST_BUCKET = "m2l-test"
 

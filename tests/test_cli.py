@@ -14,7 +14,7 @@ import time
 import pytest
 from e2e_util import M2L_SCRIPT, env, m2l, small_job, write_job
 
-from m2l_ray.s3server import find_weed
+from m2l_ray.devtools.s3server import find_weed
 
 
 def _free_port() -> int:
@@ -164,7 +164,7 @@ def test_run_with_set_and_force_lock(tmp_path):
     from flaky_server import FlakyServer
     from test_watchdog import _job, _sentence
 
-    from m2l_ray.storage import Store
+    from m2l_ray.io import Store
 
     with FlakyServer(reply=_sentence) as srv:
         job = _job(tmp_path, srv.url, stall_seconds=120, openai_timeout=60)

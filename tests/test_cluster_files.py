@@ -267,7 +267,7 @@ def test_paper_scale_job_covers_the_70_languages_and_the_full_taxonomy():
 
 def test_new_language_example_selects_its_seeds(monkeypatch):
     from m2l_ray.plan import select
-    from m2l_ray.seeds import read_seeds
+    from m2l_ray.seeds.reader import read_seeds
 
     monkeypatch.chdir(REPO)
     cfg = load_config(REPO / "jobs/new_language.yaml")

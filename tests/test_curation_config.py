@@ -6,12 +6,6 @@ import pytest
 
 from m2l_ray.curation.config import CurationConfig
 from m2l_ray.errors import ConfigError
-from m2l_ray.languages import LanguageRegistry
-
-
-@pytest.fixture(scope="module")
-def registry() -> LanguageRegistry:
-    return LanguageRegistry.load()
 
 
 def test_defaults_and_round_trip():

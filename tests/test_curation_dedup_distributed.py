@@ -16,11 +16,12 @@ import pyarrow as pa
 from test_curation_dedup import _run, build_corpus, check_against_truth, truth_groups
 
 from m2l_ray.curation import dedup
+from m2l_ray.curation.dedup import driver
 
 
 def test_distributed_path_matches_truth(curation_ray, monkeypatch):
     # also send the node -> root map through the co-partitioned join, not a broadcast
-    monkeypatch.setattr(dedup, "_BROADCAST_MAX", 0)
+    monkeypatch.setattr(driver, "_BROADCAST_MAX", 0)
     rows = build_corpus()
     order = list(range(len(rows)))
     random.Random(2).shuffle(order)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from m2l_ray.curation import heuristics
+from m2l_ray.curation import filters
 from m2l_ray.curation.config import CurationConfig
+from m2l_ray.curation.filters.repetition import repeat_ratio
 from m2l_ray.languages import LanguageRegistry
 
 GOOD_ANSWER = (
@@ -15,17 +16,11 @@ GOOD_ANSWER = (
 )
 
 
-@pytest.fixture(scope="module")
-def registry() -> LanguageRegistry:
-    return LanguageRegistry.load()
-
-
 def _check(turns, code="en", cfg=None, registry=None):
     cfg = cfg or CurationConfig()
     reg = registry or LanguageRegistry.load()
-    plan = heuristics.build_plan(cfg.heuristics, reg.resolve(code))
-    return heuristics.check_conversation(turns, plan, cfg.heuristics,
-                                         heuristics.default_markers())
+    chain = filters.build_chain(cfg, reg, [code], groups=("heuristics",))
+    return chain.check(filters.Conversation(turns, code))
 
 
 def _reasons(problems):
@@ -101,6 +96,6 @@ def test_per_language_overrides_and_disable(registry):
 
 
 def test_repeat_ratio_values():
-    ratio, total = heuristics.repeat_ratio("a b c a b c a b c", False, 3, 6)
+    ratio, total = repeat_ratio("a b c a b c a b c", False, 3, 6)
     assert total == 7 and ratio == pytest.approx(1 - 3 / 7)
-    assert heuristics.repeat_ratio("one two", False, 3, 6) == (0.0, 0)
+    assert repeat_ratio("one two", False, 3, 6) == (0.0, 0)

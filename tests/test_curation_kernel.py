@@ -18,6 +18,7 @@ import pytest
 import xxhash
 
 from m2l_ray.curation import dedup, kernel, minhash, shingles
+from m2l_ray.curation.dedup.arrays import gather_lists
 
 pytestmark = pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
 
@@ -108,8 +109,8 @@ def test_pair_jaccard_equals_the_numpy_reference():
     ia, ib = rng.integers(0, n, 500), rng.integers(0, n, 500)
     ia[:3], ib[:3] = [20, 0, 5], [30, 1, 5]  # overlapping, empty, identical
     got = kernel.pair_jaccard(h, off, ia, ib)
-    va, oa = dedup._gather_lists(h, off, ia)
-    vb, ob = dedup._gather_lists(h, off, ib)
+    va, oa = gather_lists(h, off, ia)
+    vb, ob = gather_lists(h, off, ib)
     want = minhash.pair_jaccard(va, oa, vb, ob)
     np.testing.assert_array_equal(got, want)
     assert 0 < got[0] < 1 and got[1] == 0.0 and got[2] == 1.0

@@ -13,7 +13,6 @@ import pytest
 from m2l_ray.curation import langid
 from m2l_ray.curation.config import CurationConfig
 from m2l_ray.curation.textnorm import for_lid
-from m2l_ray.languages import LanguageRegistry
 
 # (language code, text). "S" entries are short instructions, "L" long answers.
 LABELLED: list[tuple[str, str]] = [
@@ -76,11 +75,6 @@ LABELLED: list[tuple[str, str]] = [
     ("id", "Jelaskan bagaimana cara membuat nasi goreng yang enak."),
     ("sw", "Tafadhali nieleze jinsi mvua inavyonyesha na kwa nini ni muhimu kwa kilimo."),
 ]
-
-
-@pytest.fixture(scope="module")
-def registry() -> LanguageRegistry:
-    return LanguageRegistry.load()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 import xxhash
 
 from m2l_ray.curation import dedup, minhash, shingles
+from m2l_ray.curation.dedup import candidates, components
 from m2l_ray.curation.xxh import xxh64_lanes, xxh64_u32, xxh64_u64
 
 
@@ -211,8 +212,8 @@ def test_star_rounds_converge_to_component_minima(seed):
     a, b = _random_graph(seed)
     cur = pa.table({"a": a, "b": b})
     for _ in range(50):
-        large = dedup._large_star(dedup._both_directions(cur))
-        small = dedup._small_star(dedup._max_min(large))
+        large = components._large_star(components._both_directions(cur))
+        small = components._small_star(components._max_min(large))
         changes = int(np.sum(small.column("changed")))  # carries the large step's too
         cur = small.select(["a", "b"])
         if changes == 0:
@@ -228,5 +229,5 @@ def test_star_rounds_converge_to_component_minima(seed):
 def test_bucket_star_edges():
     k = np.array([7, 7, 7, 3, 3, 9, 7], np.int64)
     v = np.array([50, 10, 30, 8, 8, 1, 10], np.int64)
-    a, b = dedup._star_edges(k, v)
+    a, b = candidates._star_edges(k, v)
     assert sorted(zip(a.tolist(), b.tolist(), strict=True)) == [(10, 30), (10, 50)]

@@ -11,7 +11,6 @@ import pytest
 
 from m2l_ray.curation.config import CurationConfig
 from m2l_ray.errors import ConfigError
-from m2l_ray.languages import LanguageRegistry
 from m2l_ray.schema import RAW_SCHEMA
 
 EN_Q = "How does photosynthesis work in green plants, and why does it matter?"
@@ -22,11 +21,6 @@ EN_A = ("Photosynthesis is the process by which green plants use sunlight, water
 EN_Q2 = "Can you give me one simple experiment that shows it happening at home?"
 EN_A2 = ("Put a leafy water plant in a glass of water in bright sunlight and watch small "
          "bubbles of oxygen form on the leaves after an hour or so; in the dark they stop.")
-
-
-@pytest.fixture(scope="module")
-def registry() -> LanguageRegistry:
-    return LanguageRegistry.load()
 
 
 def raw_row(id_, lang, turns, status="ok", task="open_qa"):

@@ -34,8 +34,10 @@ def test_engine_deaths_restart_then_stop_clearly_and_a_rerun_finishes(tmp_path):
     out = tmp_path / "out"
     cfg = small_job(str(out))
     cfg["seeds"].update(languages=["en", "es", "fr"], tasks=["question_answering", "open_ended"])
-    # blocks of 3 items, one at a time: units land a block apart
-    cfg["engine"].update(max_restarts=1, max_num_seqs=2, batch_size=1)
+    # blocks of 3 items, one at a time, one request at a time: units land a block apart,
+    # and a block takes long enough (12 requests in a row) that each kill meets requests
+    # in flight (an engine killed when idle is never noticed: the run would end rc 0)
+    cfg["engine"].update(max_restarts=1, max_num_seqs=1, batch_size=1)
     cfg["output"].update(work_unit_size=1)
     job = write_job(tmp_path / "job.yaml", cfg)
     units = lambda: sorted((out / "raw").glob("unit-*.parquet")) if (out / "raw").is_dir() else []  # noqa: E731

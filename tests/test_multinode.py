@@ -186,7 +186,7 @@ class LocalCluster:
 
 @pytest.fixture(scope="module")
 def cluster():
-    from m2l_ray.model_cache import ensure_local_model
+    from m2l_ray.devtools.model import ensure_local_model
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")  # for this process's job and state clients

@@ -30,7 +30,7 @@ from flaky_server import OK, Act, FlakyServer, e429, e500
 
 from m2l_ray.config import load_config
 from m2l_ray.engines.cpu_threads import share_reserved_core
-from m2l_ray.engines.openai_engine import preflight
+from m2l_ray.engines.openai_preflight import preflight
 from m2l_ray.errors import ConfigError
 from m2l_ray.schema import RAW_SCHEMA
 
@@ -60,7 +60,7 @@ def vllm_server(tmp_path_factory):
         yield os.environ["M2L_TEST_OPENAI_URL"].rstrip("/")
         return
     os.environ.setdefault("M2L_CACHE_DIR", "/tmp/m2lcache")
-    from m2l_ray.model_cache import ensure_local_model
+    from m2l_ray.devtools.model import ensure_local_model
 
     model_dir = ensure_local_model()
     port = _free_port()

@@ -20,12 +20,10 @@ from flaky_server import OK, Act, FlakyServer, e429, e500, empty, malformed, slo
 
 from m2l_ray.config import config_from_dict
 from m2l_ray.engines.base import RequestFailed, StepParams
-from m2l_ray.engines.openai_engine import (
-    OpenAIEngine,
-    OpenAISettings,
-    preflight,
-    request_body,
-)
+from m2l_ray.engines.openai_engine import OpenAIEngine
+from m2l_ray.engines.openai_http import request_body
+from m2l_ray.engines.openai_preflight import preflight
+from m2l_ray.engines.openai_settings import OpenAISettings
 from m2l_ray.engines.request_cache import request_key
 from m2l_ray.errors import ConfigError, M2LError
 from m2l_ray.usage import usage_summary

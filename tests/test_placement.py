@@ -16,6 +16,7 @@ import pickle
 import pytest
 
 from m2l_ray.config import EngineConfig
+from m2l_ray.engines.openai_settings import OpenAIEngineConfig
 from m2l_ray.errors import M2LError
 from m2l_ray.placement import (
     TP_STRATEGY,
@@ -89,7 +90,7 @@ def test_custom_resources_and_cpus_are_checked():
 
 
 def test_remote_engine_needs_no_gpu():
-    plan = plan_actors(eng(kind="openai", base_url="http://x", num_actors=3), {"CPU": 4})
+    plan = plan_actors(OpenAIEngineConfig(kind="openai", base_url="http://x", num_actors=3), {"CPU": 4})
     assert (plan.actors, plan.gpus_per_actor) == (3, 0)
 
 

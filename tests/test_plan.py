@@ -7,7 +7,7 @@ from collections import Counter
 from m2l_ray.config import SeedsConfig
 from m2l_ray.languages import LanguageRegistry
 from m2l_ray.plan import plan, select
-from m2l_ray.seeds import read_seeds
+from m2l_ray.seeds.reader import read_seeds
 from m2l_ray.taxonomy import Taxonomy
 
 TAX = Taxonomy.load()

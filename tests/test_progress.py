@@ -11,9 +11,10 @@ from scripted_engine import ScriptedEngine, too_long
 from test_synthesis import planned, spanish, synth
 
 from m2l_ray.config import EngineConfig
+from m2l_ray.engine_actor import ASYNC_BATCHES_PER_TASK, _CountedEngine, pool_settings
 from m2l_ray.errors import M2LError
-from m2l_ray.generate import ASYNC_BATCHES_PER_TASK, _CountedEngine, planned_requests, pool_settings
 from m2l_ray.languages import LanguageRegistry
+from m2l_ray.plan import planned_requests
 from m2l_ray.progress import EngineTally, LiveCounter, LiveSnapshot, Progress
 from m2l_ray.taxonomy import Taxonomy
 from m2l_ray.watchdog import watched_blocks

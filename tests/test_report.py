@@ -27,6 +27,9 @@ import yaml
 from e2e_util import m2l
 
 from m2l_ray import report as rep
+from m2l_ray.curation.filters import HEURISTIC_REASONS
+from m2l_ray.report import data as rep_data
+from m2l_ray.report.html import sample_html
 
 CHROMIUM = Path("/usr/bin/chromium")
 SECTIONS = ("overview", "funnel", "drops", "failures", "lid", "balance", "dropped-samples",
@@ -129,7 +132,7 @@ def test_funnel_equals_stats(run):
     selected = defaultdict(set)
     for code, seed in zip(raw.column("language_code").to_pylist(), raw.column("seed_id").to_pylist(), strict=True):
         selected[code].add(seed)
-    heur = set(rep.HEURISTIC_REASONS)
+    heur = set(HEURISTIC_REASONS)
     assert set(stats["per_language"]) == {"en", "es", "sw", "zh", "tok"}
     for code, c in stats["per_language"].items():
         dropped = stats["curation"]["per_language"][code]["dropped"]
@@ -255,7 +258,7 @@ def test_samples_are_real_rows_escaped(run):
             assert by_key[a["data-key"]] == (a["data-lang"], a["data-reason"])
             shown[a["data-reason"]] += 1
     for reason, n in stats["drop_reasons"].items():
-        assert shown[reason] == min(n, rep.SAMPLES_PER_REASON), reason
+        assert shown[reason] == min(n, rep_data.SAMPLES_PER_REASON), reason
     full = _table(out, "full_data")
     kept = {k: lang for k, lang, kind in zip(full.column("key").to_pylist(), full.column("language_code").to_pylist(),
                                              full.column("kind").to_pylist(), strict=True) if kind != "seed"}
@@ -265,7 +268,7 @@ def test_samples_are_real_rows_escaped(run):
             assert kept[a["data-key"]] == a["data-lang"]
             kept_langs[a["data-lang"]] += 1
     for code in set(kept.values()):
-        assert 1 <= kept_langs[code] <= rep.SAMPLES_PER_LANGUAGE
+        assert 1 <= kept_langs[code] <= rep_data.SAMPLES_PER_LANGUAGE
     # text from the data is escaped: no tag in the page that the report did not write
     allowed = {"html", "head", "meta", "title", "style", "body", "section", "h1", "h2", "h3", "p", "em",
                "code", "span", "table", "thead", "tbody", "tr", "th", "td", "img", "div", "b", "pre"}
@@ -274,11 +277,11 @@ def test_samples_are_real_rows_escaped(run):
 
 def test_sample_html_escapes_and_truncates():
     s = rep.Sample(key="k<1>", language="en", task="t", kind="evolved", evol_type="X&Y", multiturn_types=[],
-                   turns=[("user", rep.truncate("<script>alert(1)</script>" + "a" * 2000))],
+                   turns=[("user", rep_data.truncate("<script>alert(1)</script>" + "a" * 2000))],
                    drop_reason="refusal", drop_turn=0)
-    text = rep._sample_html(s)
+    text = sample_html(s)
     assert "<script>" not in text and "&lt;script&gt;" in text and "X&amp;Y" in text
-    assert "more characters]" in text and len(text) < rep.TURN_CHARS + 800
+    assert "more characters]" in text and len(text) < rep_data.TURN_CHARS + 800
 
 
 def test_funnel_from_stats_takes_each_filter_group_off_in_turn():
@@ -387,7 +390,7 @@ def test_m2l_report_regenerates_the_same_page(run):
 
 @e2e
 def test_m2l_report_and_show_read_s3(run, s3_env, tmp_path):
-    from m2l_ray.storage import StorageOptions, Store
+    from m2l_ray.io import StorageOptions, Store
 
     uri = f"s3://{s3_env.bucket}/report-copy"
     store = Store.open(uri, StorageOptions(path_style=True))

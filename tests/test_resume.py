@@ -7,10 +7,11 @@ import pytest
 
 from m2l_ray.config import config_from_dict
 from m2l_ray.errors import M2LError
+from m2l_ray.io import Store
+from m2l_ray.layout import CONFIG_KEY, unit_key
 from m2l_ray.plan import PlannedConversation
-from m2l_ray.resume import CONFIG_KEY, config_diff, reusable_units, unit_key
+from m2l_ray.resume import config_diff, reusable_units
 from m2l_ray.schema import RAW_SCHEMA
-from m2l_ray.storage import Store
 
 
 def _cfg(**engine):

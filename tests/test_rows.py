@@ -11,7 +11,7 @@ from test_synthesis import planned, spanish, synth
 from m2l_ray.languages import LanguageRegistry
 from m2l_ray.rows import generated_rows, seed_rows, split_configs
 from m2l_ray.schema import CONFIGS, PUBLIC_COLUMNS, RAW_SCHEMA
-from m2l_ray.seeds import Seed
+from m2l_ray.seeds.records import Seed
 from m2l_ray.taxonomy import Taxonomy
 
 REG, TAX = LanguageRegistry.load(), Taxonomy.load()

@@ -15,17 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from m2l_ray.config import JobConfig, SeedsConfig, SeedSource
+from m2l_ray.io import Store
 from m2l_ray.languages import LanguageRegistry
-from m2l_ray.seed_intake import (
-    DISTRIBUTED,
-    MEMORY,
-    QUARANTINE_FILE,
-    QUARANTINE_SHARDS,
-    TopK,
-    choose,
-    intake,
-)
-from m2l_ray.storage import Store
+from m2l_ray.layout import SEED_QUARANTINE_KEY, SEED_QUARANTINE_SHARDS
+from m2l_ray.seeds.intake import DISTRIBUTED, MEMORY, TopK, choose, intake
 from m2l_ray.taxonomy import Taxonomy
 
 REG = LanguageRegistry.load()
@@ -104,7 +97,7 @@ def pool(tmp_path_factory):
 def small_chunks(monkeypatch):
     """Parquet files split into many read tasks, so that copies of a seed and a group's
     candidates meet only in the shuffle, as they do in a large pool."""
-    from m2l_ray import seed_intake
+    from m2l_ray.seeds import intake as seed_intake
 
     monkeypatch.setattr(seed_intake, "CHUNK_ROWS", 150)
 
@@ -114,9 +107,9 @@ def test_distributed_selects_exactly_what_the_in_memory_reader_selects(curation_
     """(With a language and task filter: test_validate_on_s3_... and test_language_filter_...)"""
     ctx = _ctx(pool)
     mem_store, dist_store = Store.open(str(tmp_path / "m")), Store.open(str(tmp_path / "d"))
-    mem_store.put_bytes(f"{QUARANTINE_SHARDS}rows-00000.jsonl", b"left by a distributed run\n")
-    dist_store.put_bytes(QUARANTINE_FILE, b"left by an in-memory run\n")
-    dist_store.put_bytes(f"{QUARANTINE_SHARDS}rows-99999.jsonl", b"left by a bigger pool\n")
+    mem_store.put_bytes(f"{SEED_QUARANTINE_SHARDS}rows-00000.jsonl", b"left by a distributed run\n")
+    dist_store.put_bytes(SEED_QUARANTINE_KEY, b"left by an in-memory run\n")
+    dist_store.put_bytes(f"{SEED_QUARANTINE_SHARDS}rows-99999.jsonl", b"left by a bigger pool\n")
     mem = intake(ctx, mem_store, mode=MEMORY)
     dist = intake(ctx, dist_store, mode=DISTRIBUTED)
     assert mem.mode == MEMORY and dist.mode == DISTRIBUTED
@@ -129,9 +122,9 @@ def test_distributed_selects_exactly_what_the_in_memory_reader_selects(curation_
     # the quarantine: the same records, file/row/field/reason/detail, in shards
     assert _quarantine(dist_store) == _quarantine(mem_store) == sorted(
         (asdict(q) for q in mem.quarantine), key=lambda q: (q["file"], q["row"]))
-    assert mem_store.list("quarantine/") == [QUARANTINE_FILE]
+    assert mem_store.list("quarantine/") == [SEED_QUARANTINE_KEY]
     shards = {k: dist_store.get_bytes(k) for k in dist_store.list("quarantine/")}
-    assert set(shards) == set(dist.shards) and all(k.startswith(QUARANTINE_SHARDS) for k in shards)
+    assert set(shards) == set(dist.shards) and all(k.startswith(SEED_QUARANTINE_SHARDS) for k in shards)
     assert any("/duplicates-" in k for k in shards) and any("/rows-" in k for k in shards)
     # deterministic: a second run writes the same shards, byte for byte
     again = intake(ctx, dist_store, mode=DISTRIBUTED)

@@ -12,7 +12,8 @@ import pytest
 from m2l_ray.config import SeedsConfig, SeedSource
 from m2l_ray.languages import LanguageRegistry
 from m2l_ray.scripts import dominant_script
-from m2l_ray.seeds import read_seeds, seed_id
+from m2l_ray.seeds.reader import read_seeds
+from m2l_ray.seeds.records import seed_id
 from m2l_ray.taxonomy import Taxonomy
 
 REG = LanguageRegistry.load()

@@ -25,9 +25,9 @@ import pyarrow as pa
 import pytest
 from botocore.config import Config
 
+from m2l_ray.devtools.s3server import LocalS3, find_weed
 from m2l_ray.errors import ConfigError, StorageError
-from m2l_ray.s3server import LocalS3, find_weed
-from m2l_ray.storage import (
+from m2l_ray.io import (
     LocalStore,
     NotFound,
     S3Store,
@@ -278,7 +278,7 @@ def test_write_survives_a_short_outage(
     s3_env.stop(kill=True)
     restarter = _restart_later(s3_env, 1.0)
     start = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="m2l_ray.storage"):
+    with caplog.at_level(logging.WARNING, logger="m2l_ray.io"):
         if operation == "put_bytes":
             store.put_bytes("manifest.json", b"{}")
         else:
@@ -501,24 +501,27 @@ def test_s3_server_command_prints_exports_and_stops_on_sigint(tmp_path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    code = "import sys; from m2l_ray.s3server import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from m2l_ray.devtools.s3server import main; sys.exit(main(sys.argv[1:]))"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--dir", str(tmp_path / "srv"), "--bucket", "cli-bucket",
-         "--port", str(port)],
+         "--port", str(port), "--timeout", "240"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     exports: dict[str, str] = {}
     try:
         assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        while len(exports) < 4 and time.monotonic() < deadline:
+        # readline blocks until the server prints or exits (its own --timeout bounds the start)
+        while len(exports) < 4:
             line = proc.stdout.readline()
             if not line:
                 break
             if line.startswith("export "):
                 name, _, value = line[len("export "):].strip().partition("=")
                 exports[name] = value
+        assert "AWS_ENDPOINT_URL" in exports, (
+            f"the server printed no exports (rc={proc.poll()}): {proc.stderr.read()[-3000:]}"
+        )
         assert exports["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{port}"
         client = boto3.client(
             "s3", endpoint_url=exports["AWS_ENDPOINT_URL"], region_name=exports["AWS_REGION"],

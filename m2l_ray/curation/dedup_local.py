@@ -1,4 +1,4 @@
-"""Single-node MinHash-LSH dedup: the stages of dedup.py on one machine, without Ray.
+"""Single-node MinHash-LSH dedup: the stages of the dedup package on one machine, without Ray.
 
 Why a second path: on inputs that fit one machine, Ray Data's fixed costs (worker
 start-up per stage and shuffle, every document moved through Arrow blocks and the
@@ -6,16 +6,16 @@ object store) cost more than the hashing itself: ``m2l dedup`` took 21.7 s for
 100K documents whose kernel work is under 2 CPU-seconds. Here the same functions
 run on one in-memory Arrow table:
 
-1. **Signatures**: ``dedup.signature_arrays`` over chunks of ``SIGNATURE_CHUNK``
+1. **Signatures**: ``signatures.signature_arrays`` over chunks of ``SIGNATURE_CHUNK``
    rows, spread over a pool of forked worker processes (the table is inherited
    copy-on-write, so nothing is sent to them; they return nodes and band keys).
-2. **Buckets**: per band, ``dedup.bucket_edges`` (one sort finds the repeated keys;
+2. **Buckets**: per band, ``candidates.bucket_edges`` (one sort finds the repeated keys;
    star edges from each bucket's smallest node), bands on threads (numpy sorts
    release the GIL).
-3. **Verification**: payloads (``dedup._payload``) of the candidate nodes only,
-   again on the pool, then ``dedup._verify_local``.
-4. **Components and assignment**: ``dedup.components_local`` (scipy) and
-   ``dedup.assign_arrays``.
+3. **Verification**: payloads (``signatures.verify_payload``) of the candidate nodes only,
+   again on the pool, then ``candidates.verify_local``.
+4. **Components and assignment**: ``components.components_local`` (scipy) and
+   ``assign.assign_arrays``.
 
 The candidate edges, the verification and the kept member (the smallest node of a
 component; among rows of one node, the first) are those of the Ray path, so both
@@ -37,13 +37,33 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from m2l_ray.curation import dedup as _d
-from m2l_ray.curation import kernel
+from m2l_ray.curation import kernel, minhash
 from m2l_ray.curation.config import DedupConfig
+from m2l_ray.curation.dedup.arrays import bool_array, gather_lists, list_arrays, lookup, unique_pairs
+from m2l_ray.curation.dedup.assign import (
+    CLUSTER,
+    DUPLICATE,
+    annotate_table,
+    assign_arrays,
+    cluster_stats,
+    exact_groups,
+)
+from m2l_ray.curation.dedup.candidates import bucket_edges, verify_local
+from m2l_ray.curation.dedup.components import components_local
+from m2l_ray.curation.dedup.driver import Clock, base_stats
+from m2l_ray.curation.dedup.signatures import (
+    FROM_CONFIG,
+    HELPERS,
+    SIGNATURE_CHUNK,
+    TextSpec,
+    signature_arrays,
+    text_spec,
+    verify_payload,
+)
 
 #: Rows per pool task: enough chunks to amortise the task round trip, few enough
 #: that both workers stay busy until the end.
-TASK_ROWS = 16 * _d.SIGNATURE_CHUNK
+TASK_ROWS = 16 * SIGNATURE_CHUNK
 #: Below this many rows the pool's start-up costs more than it saves.
 POOL_MIN_ROWS = 4 * TASK_ROWS
 
@@ -64,14 +84,13 @@ class LocalResult:
 
     def annotated(self) -> pa.Table:
         """Every row plus ``dedup_cluster`` and ``dedup_duplicate`` (as the Ray path)."""
-        return _d._finish(self.table, self.root, self.duplicate, self.eligible_field)
+        return annotate_table(self.table, self.root, self.duplicate, self.eligible_field)
 
     def kept(self) -> pa.Table:
         """The rows that survive, with the input's columns only (less any stale
         ``dedup_cluster`` / ``dedup_duplicate``, as on the Ray path)."""
-        t = self.table.drop_columns([c for c in (_d.CLUSTER, _d.DUPLICATE)
-                                     if c in self.table.column_names])
-        return t.filter(_d.bool_array(~self.duplicate))
+        t = self.table.drop_columns([c for c in (CLUSTER, DUPLICATE) if c in self.table.column_names])
+        return t.filter(bool_array(~self.duplicate))
 
 
 def default_workers() -> int:
@@ -88,8 +107,8 @@ def _signature_task(bounds: tuple[int, int]) -> dict[str, np.ndarray]:
     lo, hi = bounds
     t, spec = _STATE["table"], _STATE["spec"]
     keep = spec.payload == "exact"
-    parts = [_d.signature_arrays(t.slice(i, min(_d.SIGNATURE_CHUNK, hi - i)), spec, keep)
-             for i in range(lo, hi, _d.SIGNATURE_CHUNK)]
+    parts = [signature_arrays(t.slice(i, min(SIGNATURE_CHUNK, hi - i)), spec, keep)
+             for i in range(lo, hi, SIGNATURE_CHUNK)]
     out = {"node": np.concatenate([p.node for p in parts]),
            "bk": np.concatenate([p.band_keys for p in parts]),
            "nsh": np.concatenate([p.n_shingles for p in parts]),
@@ -103,9 +122,9 @@ def _payload_task(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Verification payloads (shingle sets or signatures) of rows ``idx``, in order."""
     t, spec = _STATE["table"], _STATE["spec"]
     vals, lens = [], []
-    for i in range(0, len(idx), _d.SIGNATURE_CHUNK):
-        sub = t.take(pa.array(idx[i : i + _d.SIGNATURE_CHUNK]))
-        v, o = _d._list_arrays(_d._payload(sub, spec))
+    for i in range(0, len(idx), SIGNATURE_CHUNK):
+        sub = t.take(pa.array(idx[i : i + SIGNATURE_CHUNK]))
+        v, o = list_arrays(verify_payload(sub, spec))
         vals.append(np.asarray(v, dtype=np.uint32))
         lens.append(np.diff(o))
     if not vals:
@@ -149,7 +168,7 @@ def _import_scipy() -> None:
     import scipy.sparse.csgraph  # noqa: F401
 
 
-def _work_columns(table: pa.Table, spec: _d.TextSpec) -> pa.Table:
+def _work_columns(table: pa.Table, spec: TextSpec) -> pa.Table:
     """The columns the hashing reads: every column when the key is the whole row."""
     if spec.key_field is None:
         return table
@@ -164,14 +183,14 @@ def candidate_edges(band_keys: np.ndarray, node: np.ndarray, valid: np.ndarray,
     keys = band_keys[valid]
 
     def one(j: int) -> tuple[np.ndarray, np.ndarray]:
-        return _d.bucket_edges(np.ascontiguousarray(keys[:, j]), v)
+        return bucket_edges(np.ascontiguousarray(keys[:, j]), v)
 
     with ThreadPoolExecutor(max(1, threads)) as ex:
         parts = list(ex.map(one, range(keys.shape[1])))
     if not parts:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    return _d._unique_pairs(np.concatenate([p[0] for p in parts]),
-                            np.concatenate([p[1] for p in parts]))
+    return unique_pairs(np.concatenate([p[0] for p in parts]),
+                        np.concatenate([p[1] for p in parts]))
 
 
 def dedup_table(
@@ -182,7 +201,7 @@ def dedup_table(
     registry: Any = None,
     language_field: str | None = None,
     eligible_field: str | None = None,
-    key_field: str | None = _d.FROM_CONFIG,
+    key_field: str | None = FROM_CONFIG,
     workers: int | None = None,
 ) -> LocalResult:
     """``dedup.dedup`` on an in-memory table, in this process and a pool of ``workers``.
@@ -191,13 +210,13 @@ def dedup_table(
     annotation (``LocalResult.annotated``) with the same stats keys, plus
     ``components: "local"`` and the worker count.
     """
-    clock = _d._Clock()
-    spec, params = _d.text_spec(cfg, column=column, registry=registry,
-                                language_field=language_field, eligible_field=eligible_field,
-                                key_field=key_field)
+    clock = Clock()
+    spec, params = text_spec(cfg, column=column, registry=registry,
+                             language_field=language_field, eligible_field=eligible_field,
+                             key_field=key_field)
     n = table.num_rows
-    table = table.drop_columns([c for c in _d.HELPERS if c in table.column_names])
-    stats = _d.base_stats(cfg, params, n)
+    table = table.drop_columns([c for c in HELPERS if c in table.column_names])
+    stats = base_stats(cfg, params, n)
     # the state must be in place before the pool forks: the workers inherit it
     _STATE.update(table=_work_columns(table, spec), spec=spec)
     runner: _Runner | None = None
@@ -222,7 +241,7 @@ def dedup_table(
         del res
         clock.lap("signatures")
         row = np.arange(n, dtype=np.int64)  # first row of identical keys survives
-        dup_nodes, dup_reps, dup_counts = _d.exact_groups(node[ok], row[ok])
+        dup_nodes, dup_reps, dup_counts = exact_groups(node[ok], row[ok])
         stats["exact_duplicates"] = int((dup_counts - 1).sum())
         clock.lap("identical_keys")
 
@@ -245,13 +264,13 @@ def dedup_table(
     stats["workers"] = runner.workers
     stats["pool"] = runner.kind
     stats["kernel"] = "numba" if kernel.available() else "numpy"
-    nodes, roots = _d.components_local(a, b)
+    nodes, roots = components_local(a, b)
     clock.lap("components")
-    root, dup = _d.assign_arrays(node, row, nodes, roots, dup_nodes, dup_reps)
+    root, dup = assign_arrays(node, row, nodes, roots, dup_nodes, dup_reps)
     dup &= ok
-    stats.update(_d.cluster_stats(nodes, roots, dup_nodes, dup_counts))
+    stats.update(cluster_stats(nodes, roots, dup_nodes, dup_counts))
     clock.lap("assign")
-    stats.update({"lsh": _d.minhash.describe(params), "seconds": clock.laps})
+    stats.update({"lsh": minhash.describe(params), "seconds": clock.laps})
     return LocalResult(table, root, dup, eligible_field, stats)
 
 
@@ -267,17 +286,17 @@ def _verify(a: np.ndarray, b: np.ndarray, node: np.ndarray, runner: _Runner,
     ``payload`` holds every row's shingles (exact mode); else they are recomputed
     for the candidate rows on the pool."""
     want = np.unique(np.concatenate([a, b]))
-    hit, _ = _d._lookup(want, node)
+    hit, _ = lookup(want, node)
     idx = np.flatnonzero(hit)
     nodes, first = np.unique(node[idx], return_index=True)
     rows = idx[first]  # sorted by node
     if payload is not None:
-        vals, offs = _d._gather_lists(payload[0], payload[1], rows)
+        vals, offs = gather_lists(payload[0], payload[1], rows)
     else:
-        step = max(_d.SIGNATURE_CHUNK, -(-len(rows) // (4 * runner.workers)))
+        step = max(SIGNATURE_CHUNK, -(-len(rows) // (4 * runner.workers)))
         res = runner.map(_payload_task, [rows[i : i + step]
                                          for i in range(0, len(rows), step)])
         vals = np.concatenate([r[0] for r in res])
         lens = np.concatenate([np.diff(r[1]) for r in res])
         offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    return _d._verify_local(a, b, nodes, vals, offs, threshold, mode)
+    return verify_local(a, b, nodes, vals, offs, threshold, mode)

@@ -1,103 +1,63 @@
 """Reading and writing data sets for the stand-alone ``m2l dedup`` / ``m2l langid``.
 
-All file-system access of those commands goes through ``read_table_any`` and
-``write_output``, so that object storage (s3://) plugs in here and nowhere else.
-Local paths or s3:// URIs: a file, a folder (every .parquet / .jsonl file in it,
-recursively, sorted) or a glob; S3 goes through m2l_ray.storage (whole-object writes).
+All file-system access of those commands goes through ``read_table_any``,
+``read_table_local``, ``estimate_input`` and ``write_output``, and those go through
+``m2l_ray.io``: inputs are expanded by ``io.inputs.open_input`` (a file, a folder,
+recursively and sorted, or a glob; local or s3://), their format comes from the one
+table in ``io.formats`` (every file of one input has one format), and outputs are
+written whole through a ``Store`` by an ``io.writers`` shard writer.
 
 Inputs are read either as a Ray dataset (``read_table_any``, the distributed path)
 or as one in-memory Arrow table (``read_table_local``, the single-node path);
 ``estimate_input`` sizes an input from file metadata, without reading it, so that
 the command can choose between the two. Outputs are written the same way whatever
-produced them: one file, or a folder of ``part-00000.parquet`` ... shards of
-``shard_rows`` rows each, so that the files a user gets depend on the data and
-that setting, never on how an engine cut its internal blocks.
+produced them: one file (.parquet, .jsonl, .jsonl.gz ...), or a folder of
+``part-00000.parquet`` ... shards of ``shard_rows`` rows each, so that the files a
+user gets depend on the data and that setting, never on how an engine cut its
+internal blocks.
 """
 
 from __future__ import annotations
 
-import glob
-import gzip
-import json
 import os
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from m2l_ray.errors import M2LError
+from m2l_ray.io.formats import Format, expected_extensions, format_named, format_of, labels
+from m2l_ray.io.inputs import open_input
+from m2l_ray.io.keys import split_last
+from m2l_ray.io.store import Store
+from m2l_ray.io.writers import ShardWriter, is_shard, writer_for
 
-PARQUET_EXT = (".parquet", ".pq")
-JSONL_EXT = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz")
 #: Rows per output shard of a folder output (``--shard-rows``).
 DEFAULT_SHARD_ROWS = 100_000
-#: In-memory size of JSONL text relative to its file (Arrow strings plus offsets);
-#: gzip-compressed JSONL is taken to expand about five times.
-_JSONL_FACTOR, _GZIP_FACTOR = 1.0, 5.0
+_WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
+_PENDING_SHARDS = 4  # encoded shards waiting for a writer thread at most: bounded memory
 
 
-def _kind(path: str) -> str | None:
-    low = path.lower()
-    if low.endswith(PARQUET_EXT):
-        return "parquet"
-    if low.endswith(JSONL_EXT):
-        return "jsonl"
-    return None
-
-
-def _files(uri: str) -> list[str]:
-    if "://" in uri:
-        raise M2LError(f"{uri}: only local paths and s3:// are supported")
-    path = os.path.expanduser(uri)
-    if os.path.isdir(path):
-        found = []
-        for root, _dirs, names in os.walk(path):
-            found += [os.path.join(root, n) for n in names
-                      if _kind(n) and not n.startswith((".", "_"))]
-        if not found:
-            raise M2LError(f"{uri}: folder has no .parquet or .jsonl files")
-        return sorted(found)
-    if os.path.isfile(path):
-        return [path]
-    matches = sorted(p for p in glob.glob(path) if os.path.isfile(p))
-    if not matches:
-        raise M2LError(f"{uri}: no such file, folder or glob")
-    return matches
-
-
-def _input_files(uri: str) -> tuple[Any, list[str], str]:
-    """(filesystem or None, files, "parquet" | "jsonl") of a file, folder or glob."""
-    fs = None
-    if uri.startswith("s3://"):
-        from m2l_ray.storage import StorageOptions, open_input
-
-        fs, files = open_input(uri, StorageOptions.from_dict(None))
-        files = [f for f in files if _kind(f)]
-        if not files:
-            raise M2LError(f"{uri}: no .parquet or .jsonl objects")
-    else:
-        files = _files(uri)
-    kinds = {_kind(f) for f in files}
-    if None in kinds:
-        bad = next(f for f in files if _kind(f) is None)
-        raise M2LError(f"{bad}: unknown format (expected .parquet or .jsonl)")
+def _input_files(uri: str) -> tuple[Any, list[str], Format]:
+    """(filesystem, files, format) of a file, folder or glob; every file of one format."""
+    fs, paths = open_input(uri)
+    files = [p for p in paths if format_of(p)]
+    if not files:
+        if len(paths) == 1:
+            raise M2LError(f"{paths[0]}: unknown format (expected {expected_extensions()})")
+        raise M2LError(f"{uri}: no {expected_extensions()} files")
+    kinds = {format_of(f) for f in files}
     if len(kinds) > 1:
-        raise M2LError(f"{uri}: mixes Parquet and JSONL files; pass one format")
-    return fs, files, kinds.pop()
+        raise M2LError(f"{uri}: mixes {labels(kinds)} files; pass one format")
+    return fs, files, format_named(kinds.pop())
 
 
 def read_table_any(uri: str) -> Any:
     """A Ray dataset over a Parquet or JSONL file, folder or glob (one format)."""
-    import ray.data
-
-    fs, files, kind = _input_files(uri)
-    if kind == "parquet":
-        return ray.data.read_parquet(files, filesystem=fs)
-    if fs is not None:  # lines=True can't take a filesystem; Arrow's reader reads JSONL
-        return ray.data.read_json(files, filesystem=fs)
-    return ray.data.read_json(files, lines=True)
+    fs, files, fmt = _input_files(uri)
+    return fmt.read_dataset(files, fs)
 
 
 @dataclass(frozen=True)
@@ -113,25 +73,13 @@ class InputSize:
 def estimate_input(uri: str) -> InputSize:
     """Size of an input without reading its data: Parquet footers give rows and
     uncompressed column bytes; JSONL is sized by its files."""
-    import pyarrow.parquet as pq
-
-    fs, files, kind = _input_files(uri)
+    fs, files, fmt = _input_files(uri)
     rows: int | None = 0
     mem = 0
     for f in files:
-        if kind == "parquet":
-            if fs is None:
-                md = pq.ParquetFile(f).metadata
-            else:
-                with fs.open_input_file(f) as fh:
-                    md = pq.ParquetFile(fh).metadata
-            rows = (rows or 0) + md.num_rows
-            mem += sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
-        else:
-            rows = None
-            size = fs.get_file_info(f).size if fs is not None else os.path.getsize(f)
-            gz = f.lower().endswith(".gz")
-            mem += int(size * (_GZIP_FACTOR if gz else _JSONL_FACTOR))
+        n, size = fmt.size(fs, f)
+        rows = None if n is None or rows is None else rows + n
+        mem += size
     return InputSize(len(files), rows, mem)
 
 
@@ -141,22 +89,8 @@ def read_table_local(uri: str) -> pa.Table:
     Files are read in their sorted order and concatenated, with schemas unified as
     Ray Data would (a column missing from one file becomes null there).
     """
-    import pyarrow.json as pj
-    import pyarrow.parquet as pq
-
-    fs, files, kind = _input_files(uri)
-    tables = []
-    for f in files:
-        if kind == "parquet":  # ParquetFile, not read_table: pyarrow.dataset and
-            # the pandas it imports cost 0.3 s of a 3 s command
-            with (fs.open_input_file(f) if fs is not None else open(f, "rb")) as fh:
-                tables.append(pq.ParquetFile(fh).read())
-            continue
-        compression = "gzip" if f.lower().endswith(".gz") else None
-        stream = (fs.open_input_stream(f, compression=compression) if fs is not None
-                  else pa.input_stream(f, compression=compression))
-        with stream as fh:
-            tables.append(pj.read_json(fh))
+    fs, files, fmt = _input_files(uri)
+    tables = [fmt.read(fs, f, None) for f in files]
     if len(tables) == 1:
         return tables[0]
     return pa.concat_tables(tables, promote_options="default")
@@ -204,105 +138,45 @@ def shards(batches: Iterable[pa.Table], shard_rows: int,
             yield pa.table({})
 
 
-def shard_name(i: int) -> str:
-    return f"part-{i:05d}.parquet"
+def write_output(data: Any, uri: str, shard_rows: int = DEFAULT_SHARD_ROWS,
+                 writer: str = "parquet") -> list[str]:
+    """Write ``data`` (a Ray dataset or an Arrow table): one file in the format its
+    name says (.parquet, .jsonl, .jsonl.gz ...), or, for any other name, a folder of
+    ``part-00000<suffix>`` ... shards of ``shard_rows`` rows by the ``writer`` named
+    (``io.writers``: "parquet", "jsonl").
 
-
-def _is_shard(name: str) -> bool:
-    return len(name) == 18 and name.startswith("part-") and name[5:10].isdigit() \
-        and name.endswith(".parquet")
-
-
-def _write_s3(data: Any, uri: str, shard_rows: int) -> list[str]:
-    """S3 output: whole objects only (a single file, or part-NNNNN.parquet under a prefix)."""
-    from m2l_ray.storage import StorageOptions, Store
-
-    kind = _kind(uri)
-    parent, _, name = uri.rstrip("/").rpartition("/")
-    batches, schema = _batches(data)
-    if kind is None:
-        store = Store.open(uri.rstrip("/"), StorageOptions.from_dict(None))
-        out = []
-        for i, t in enumerate(shards(batches, shard_rows, schema)):
-            store.write_parquet(shard_name(i), t)
-            out.append(store.key_uri(shard_name(i)))
-        return out
-    store = Store.open(parent, StorageOptions.from_dict(None))
-    tables = [t if schema is None else t.select(schema.names).cast(schema) for t in batches]
-    if kind == "parquet":
-        table = pa.concat_tables(tables, promote_options="default") if tables else (
-            schema.empty_table() if schema is not None else pa.table({}))
-        store.write_parquet(name, table)
-    else:
-        data_ = "".join(_jsonl_lines(t) for t in tables).encode("utf-8")
-        store.put_bytes(name, gzip.compress(data_) if name.lower().endswith(".gz") else data_)
-    return [uri]
-
-
-def _jsonl_lines(t: pa.Table) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in t.to_pylist())
-
-
-def write_output(data: Any, uri: str, shard_rows: int = DEFAULT_SHARD_ROWS) -> list[str]:
-    """Write ``data`` (a Ray dataset or an Arrow table): one .parquet / .jsonl file,
-    or a folder of ``part-00000.parquet`` ... shards of ``shard_rows`` rows.
-
-    Returns the files written. Rows keep the data's order; shards are written by a
-    few threads while the next one is cut (Parquet encoding releases the GIL). A
-    folder's earlier ``part-NNNNN.parquet`` files are removed first, so a smaller
-    rerun leaves no stale shards behind; other files there are left alone.
+    Returns the files written. Rows keep the data's order; every file appears whole
+    or not at all (``Store.open_output``). A folder's earlier ``part-NNNNN`` shards are
+    removed first, so a smaller rerun leaves no stale shards behind; other files there
+    are left alone.
     """
-    if uri.startswith("s3://"):
-        return _write_s3(data, uri, shard_rows)
-    if "://" in uri:
-        raise M2LError(f"{uri}: only local paths and s3:// are supported")
-    import pyarrow.parquet as pq
-
-    path = os.path.expanduser(uri)
-    kind = _kind(path)
     batches, schema = _batches(data)
+    tables = shards(batches, shard_rows, schema)
+    kind = format_of(uri)
     if kind is None:
-        os.makedirs(path, exist_ok=True)
-        for n in os.listdir(path):
-            if _is_shard(n):
-                os.remove(os.path.join(path, n))
-        out = []
-        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
-            pending = []
-            for i, t in enumerate(shards(batches, shard_rows, schema)):
-                out.append(os.path.join(path, shard_name(i)))
-                pending.append(pool.submit(_write_file, t, out[-1]))
-                if len(pending) > 4:  # bound the shards held in memory
-                    pending.pop(0).result()
-            for f in pending:
-                f.result()
-        return out
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    if kind == "parquet":
-        writer = None
-        try:
-            for t in shards(batches, shard_rows, schema):
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, t.schema)
-                writer.write_table(t)
-        finally:
-            if writer is not None:
-                writer.close()
-    else:
-        opener = gzip.open if path.lower().endswith(".gz") else open
-        with opener(tmp, "wt", encoding="utf-8") as fh:
-            for t in batches:
-                for i in range(0, t.num_rows, 10_000):
-                    fh.write(_jsonl_lines(t.slice(i, 10_000)))
-    os.replace(tmp, path)
-    return [path]
+        return _write_folder(Store.open(uri), tables, writer_for(writer))
+    parent, name = split_last(uri.rstrip("/"))
+    store = Store.open(parent)
+    with store.open_output(name) as sink:  # streamed: a big output is never all in memory
+        writer_for(format_named(kind).writer).stream(sink, tables, compress=name.lower().endswith(".gz"))
+    return [store.key_uri(name)]
 
 
-def _write_file(table: pa.Table, path: str) -> None:
-    """One shard, atomically (a reader never sees half a file)."""
-    import pyarrow.parquet as pq
-
-    tmp = path + ".tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def _write_folder(store: Store, tables: Iterable[pa.Table], writer: ShardWriter) -> list[str]:
+    """Shards written by a few threads while the next one is cut (encoding releases the
+    GIL); at most ``_PENDING_SHARDS`` wait, so memory stays bounded."""
+    for key in store.list("part-"):
+        if is_shard(key):
+            store.delete(key)
+    out = []
+    with ThreadPoolExecutor(_WRITE_THREADS) as pool:
+        pending: list[Future[Any]] = []
+        for i, t in enumerate(tables):
+            key = writer.shard_name(i)
+            out.append(store.key_uri(key))
+            pending.append(pool.submit(writer.write, store, key, t))
+            if len(pending) > _PENDING_SHARDS:
+                pending.pop(0).result()
+        for f in pending:
+            f.result()
+    return out

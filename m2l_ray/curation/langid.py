@@ -15,7 +15,6 @@ fasttext-predict 0.9.2.4 returns labels where probabilities belong.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +22,8 @@ from m2l_ray.curation.config import CurationConfig, LidConfig
 from m2l_ray.curation.textnorm import for_lid
 
 LABEL_PREFIX = "__label__"
-_LETTER = re.compile(r"[^\W\d_]")
 #: Characters of a turn that the script check reads (a prefix is representative and
-#: keeps the per-character cost of scripts.script_ratio bounded).
+#: keeps the per-character cost of the script check bounded).
 SCRIPT_CHECK_CHARS = 4000
 
 
@@ -109,9 +107,11 @@ def load_model(path: str) -> LidModel:
 
 def judge_turn(text: str, plan: LangPlan | None, model: LidModel | None, cfg: LidConfig
                ) -> TurnLid:
-    """Label one turn and decide whether it is in the expected language."""
-    from m2l_ray import scripts
+    """Label one turn and decide whether it is in the expected language.
 
+    The script check is the one synthesis runs on generated text (m2l_ray/textchecks.py),
+    on the turn's prose as LID reads it.
+    """
     norm = for_lid(text)
     if plan is None or plan.mode == "skip":
         return TurnLid(None, None, None, None)
@@ -125,10 +125,8 @@ def judge_turn(text: str, plan: LangPlan | None, model: LidModel | None, cfg: Li
             if len(norm) >= cfg.min_chars and expected < plan.threshold:
                 reason = "lid_mismatch"
     if reason is None and plan.check_script and norm:
-        head = norm[:SCRIPT_CHECK_CHARS]
-        if len(_LETTER.findall(head)) >= cfg.script_min_letters:
-            if scripts.script_ratio(head, plan.script) < cfg.min_script_ratio:
-                reason = "script_mismatch"
+        if cfg.script.wrong_ratio(norm[:SCRIPT_CHECK_CHARS], plan.script) is not None:
+            reason = "script_mismatch"
     return TurnLid(label, score, expected, reason)
 
 

@@ -6,7 +6,8 @@ the kept and the dropped rows as Ray datasets plus per-language statistics:
 * rows whose generation failed are dropped as ``generation_failed``;
 * every other row gets every heuristic and LID check (so each filter has its own
   pass rate per language), and its drop reason is the first problem in
-  ``REASON_ORDER`` (``drop_turn`` says which turn);
+  ``REASON_ORDER``, derived from the ordered filter list in curation/filters/order.py
+  (``drop_turn`` says which turn);
 * rows that survive (all rows in annotate-only mode) are deduplicated; the member
   of each cluster with the smallest key hash is kept, so the same input keeps the
   same rows however it is split into blocks.
@@ -28,23 +29,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from m2l_ray.curation import heuristics, langid
-from m2l_ray.curation.config import CurationConfig, HeuristicsConfig, LidConfig
+from m2l_ray.curation import filters, langid
+from m2l_ray.curation.config import CurationConfig
 from m2l_ray.curation.dedup import CLUSTER, DUPLICATE, as_table, dedup
+from m2l_ray.curation.filters import GENERATION_FAILED, NEAR_DUPLICATE, REASON_ORDER
 from m2l_ray.curation.textnorm import turns as conversation_turns
 
-GENERATION_FAILED = "generation_failed"
-NEAR_DUPLICATE = "near_duplicate"
-LID_REASONS = ("lid_mismatch", "script_mismatch")
-#: Which problem names a row's drop reason when it has several.
-REASON_ORDER = (
-    (GENERATION_FAILED,)
-    + heuristics.REASONS[:6]  # structure, empty, length, template leftovers, refusal
-    + LID_REASONS
-    + heuristics.REASONS[6:]  # repeated n-grams, duplicated turn
-    + (NEAR_DUPLICATE,)
-)
-FILTERS = REASON_ORDER[1:]
+#: Every filter's reasons and near_duplicate, each with its own pass rate in the stats.
+RATED = REASON_ORDER[1:]
 
 PRE_REASON = "_m2l_pre_reason"
 PRE_TURN = "_m2l_pre_turn"
@@ -63,14 +55,7 @@ DROP_FIELDS = [pa.field("drop_reason", pa.string()), pa.field("drop_turn", pa.in
 class _Context:
     """Everything a worker needs, decided on the driver (picklable, no registry)."""
 
-    lid: LidConfig
-    heuristics: HeuristicsConfig
-    lang_plans: dict[str, langid.LangPlan]
-    heur_plans: dict[str, heuristics.HeurPlan]
-    default_heur: heuristics.HeurPlan
-    markers: tuple[str, ...]
-    model_path: str | None
-    label_codes: dict[str, str]
+    chain: filters.FilterChain
     annotate_only: bool
     enabled: bool
 
@@ -133,7 +118,7 @@ def curate(ds: Any, cfg: CurationConfig, registry: Any) -> CurationResult:
             "enabled": cfg.enabled and cfg.lid.enabled,
             "model": cfg.lid.model,
             "family": cfg.lid.resolved_family(),
-            "modes": {c: p.mode for c, p in ctx.lang_plans.items()},
+            "modes": {c: p.mode for c, p in langid.build_plans(cfg, registry, codes).items()},
         },
         "dedup": dedup_stats,
     }
@@ -154,22 +139,8 @@ def _codes_block(batch: Any) -> pa.Table:
 
 
 def _context(cfg: CurationConfig, registry: Any, codes: list[str]) -> _Context:
-    family = cfg.lid.resolved_family()
-    label_codes = langid.label_codes(registry, family)
-    heur_plans = {}
-    for code in codes:
-        heur_plans[code] = heuristics.build_plan(cfg.heuristics, registry.resolve(code))
-    markers = (cfg.heuristics.template_markers if cfg.heuristics.template_markers is not None
-               else heuristics.default_markers())
     return _Context(
-        lid=cfg.lid,
-        heuristics=cfg.heuristics,
-        lang_plans=langid.build_plans(cfg, registry, codes),
-        heur_plans=heur_plans,
-        default_heur=heuristics.build_plan(cfg.heuristics, registry.resolve("en")),
-        markers=tuple(m.lower() for m in markers),
-        model_path=cfg.lid.model_path() if cfg.enabled and cfg.lid.enabled else None,
-        label_codes=label_codes,
+        chain=filters.build_chain(cfg, registry, codes),
         annotate_only=cfg.annotate_only,
         enabled=cfg.enabled,
     )
@@ -178,55 +149,33 @@ def _context(cfg: CurationConfig, registry: Any, codes: list[str]) -> _Context:
 # ---------------------------------------------------------------------- workers
 
 
-_RANK = {r: i for i, r in enumerate(REASON_ORDER)}
-
-
-def _check_row(status: str | None, conversation: Any, code: str | None, ctx: _Context,
-               model: langid.LidModel | None) -> tuple[list, list, list, list, str | None,
-                                                       int | None]:
+def _check_row(status: str | None, conversation: Any, code: str | None, task: str | None,
+               ctx: _Context) -> tuple[list, list, list, list, str | None, int | None]:
     """(lid labels, lid scores, expected scores, flags, first reason, its turn) of a row."""
     pairs = conversation_turns(conversation)
     if status != "ok":
         return [], [], [], [], GENERATION_FAILED, None
+    none = [None] * len(pairs)
     if not ctx.enabled:
-        return [None] * len(pairs), [None] * len(pairs), [None] * len(pairs), [], None, None
-    plan = ctx.lang_plans.get(code or "")
-    problems = heuristics.check_conversation(
-        pairs, ctx.heur_plans.get(code or "", ctx.default_heur), ctx.heuristics, ctx.markers)
-    labels, scores, expected = [], [], []
-    for i, (role, content) in enumerate(pairs):
-        if role not in ctx.lid.roles:
-            labels.append(None)
-            scores.append(None)
-            expected.append(None)
-            continue
-        verdict = langid.judge_turn(content, plan, model, ctx.lid)
-        labels.append(ctx.label_codes.get(verdict.label, verdict.label.removeprefix(
-            langid.LABEL_PREFIX)) if verdict.label else None)
-        scores.append(verdict.score)
-        expected.append(verdict.expected)
-        if verdict.reason:
-            problems.append((verdict.reason, i))
+        return none, none, none, [], None, None
+    conv = filters.Conversation(pairs, code, task)
+    problems = ctx.chain.check(conv)
+    labels, scores, expected = conv.notes.get("lid", (none, none, none))
     flags = [f"{r}@{i}" if i is not None else r for r, i in problems]
-    first = min(problems, key=lambda p: (_RANK[p[0]], -1 if p[1] is None else p[1]),
-                default=(None, None))
+    first = filters.first_problem(problems)
     return labels, scores, expected, flags, first[0], first[1]
 
 
 def _check_batch(batch: Any, ctx: _Context) -> pa.Table:
     t = as_table(batch)
-    model = langid.load_model(ctx.model_path) if ctx.model_path else None
     status = t.column("status").to_pylist()
     convs = t.column("conversation").to_pylist()
     codes = t.column("language_code").to_pylist()
     tasks = t.column("task").to_pylist() if "task" in t.column_names else [None] * t.num_rows
-    exempt = set(ctx.lid.exempt_tasks)
     cols: dict[str, list] = {k: [] for k in ("labels", "scores", "expected", "flags", "reason",
                                              "turn", "eligible")}
     for st, conv, code, task in zip(status, convs, codes, tasks, strict=True):
-        row_model = None if task in exempt else model
-        labels, scores, expected, flags, reason, turn = _check_row(st, conv, code, ctx,
-                                                                   row_model)
+        labels, scores, expected, flags, reason, turn = _check_row(st, conv, code, task, ctx)
         cols["labels"].append(labels)
         cols["scores"].append(scores)
         cols["expected"].append(expected)
@@ -335,7 +284,7 @@ def _summarise(parts: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, A
         flagged = {k[5:]: v for k, v in sorted(c.items()) if k.startswith("flag:") and v}
         drop_totals.update(dropped)
         pass_rate = {}
-        for f in FILTERS:
+        for f in RATED:
             denom = c["dedup_in"] if f == NEAR_DUPLICATE else c["ok"]
             pass_rate[f] = round(1.0 - flagged.get(f, 0) / denom, 4) if denom else None
         languages[code] = {
@@ -354,6 +303,6 @@ def _summarise(parts: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, A
         "kept": totals["kept"],
         "dropped": rows - totals["kept"],
         "drop_reasons": {r: drop_totals[r] for r in REASON_ORDER if drop_totals.get(r)},
-        "filters": list(FILTERS),
+        "filters": list(RATED),
         "per_language": languages,
     }

@@ -14,13 +14,19 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class StepParams:
-    """Sampling for one request; ``seed`` makes it reproducible where the engine allows."""
+    """Sampling for one request; ``seed`` makes it reproducible where the engine allows.
+
+    ``priority`` is a scheduling hint (lower runs first, vLLM's convention): the
+    synthesis sets it to minus the requests its conversation still needs after this
+    one, so the longest dependent chains run first and the job's tail stays short.
+    Engines that can't schedule by priority ignore it."""
 
     max_tokens: int
     temperature: float
     top_p: float
     repetition_penalty: float = 1.0
     seed: int | None = None
+    priority: int = 0
 
 
 @dataclass(frozen=True)

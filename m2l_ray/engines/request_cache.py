@@ -26,7 +26,7 @@ from typing import Any
 
 from m2l_ray.engines.base import Completion
 from m2l_ray.errors import StorageError
-from m2l_ray.storage import NotFound, Store
+from m2l_ray.io import NotFound, Store
 
 log = logging.getLogger(__name__)
 

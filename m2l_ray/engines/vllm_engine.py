@@ -11,13 +11,16 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from m2l_ray.config import EngineConfig
+from m2l_ray.config import EngineConfig, JobConfig
 from m2l_ray.engines.base import Completion, EngineDead, RequestFailed, StepParams
 from m2l_ray.engines.cpu_threads import share_reserved_core
 from m2l_ray.engines.dtype import DtypeChoice, resolve_dtype
-from m2l_ray.model_cache import resolve_model
+from m2l_ray.engines.registry import EngineSpec
+from m2l_ray.errors import ConfigError
+from m2l_ray.model_cache import LOCAL_MODEL, resolve_model
 from m2l_ray.placement import executor_backend
 
 
@@ -29,7 +32,8 @@ def on_cpu() -> bool:
 
 def engine_args(cfg: EngineConfig, seed: int, dtype: DtypeChoice | None = None) -> dict[str, Any]:
     """AsyncEngineArgs keyword arguments for a config (kept separate so tests can check them)."""
-    dtype = dtype or resolve_dtype(cfg.dtype, on_cpu())
+    cpu = on_cpu()
+    dtype = dtype or resolve_dtype(cfg.dtype, cpu)
     return {
         "model": resolve_model(cfg.model),
         "max_model_len": cfg.max_model_len,
@@ -38,9 +42,16 @@ def engine_args(cfg: EngineConfig, seed: int, dtype: DtypeChoice | None = None) 
         # tp > 1: Ray workers inside the actor's STRICT_PACK placement group (placement.py)
         "distributed_executor_backend": executor_backend(cfg),
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        # on a CPU the KV cache is sized by cpu_kvcache_gb; without a size vLLM-CPU asks for
+        # gpu_memory_utilization x the node's memory (90%) and refuses to start when other
+        # processes hold more than the rest
+        "kv_cache_memory_bytes": int(cfg.cpu_kvcache_gb * 2**30) if cpu else None,
         "dtype": dtype.dtype,
         "enforce_eager": cfg.enforce_eager,
         "seed": seed,
+        # requests carry priority = -(requests their conversation still needs): the
+        # longest dependent chains are scheduled first (synthesis.requests_after)
+        "scheduling_policy": "priority",
         "disable_log_stats": True,
     }
 
@@ -75,7 +86,6 @@ class VLLMEngine:
     kind = "vllm"
 
     def __init__(self, cfg: EngineConfig, seed: int) -> None:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.cpu_kvcache_gb))))
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -129,7 +139,9 @@ class VLLMEngine:
         final = None
         streamed = 0
         try:
-            async for out in self._engine.generate(TokensPrompt(prompt_token_ids=list(ids)), sp, request_id):
+            async for out in self._engine.generate(
+                TokensPrompt(prompt_token_ids=list(ids)), sp, request_id, priority=params.priority
+            ):
                 final = out
                 if out.outputs:
                     n = len(out.outputs[0].token_ids)
@@ -148,3 +160,21 @@ class VLLMEngine:
 
     def close(self) -> None:
         self._engine.shutdown()
+
+
+def check_model(job: JobConfig) -> None:
+    """Preflight: a local model folder that isn't there is one error on the driver, not a
+    dead engine actor per attempt (hub ids and the local default are resolved later)."""
+    model = job.engine.model
+    looks_local = model.startswith(("/", "./", "../", "~"))
+    if model != LOCAL_MODEL and looks_local and not Path(os.path.expanduser(model)).exists():
+        raise ConfigError("engine.model", f"model folder not found: {model}", job.source)
+
+
+def _build(job: JobConfig) -> VLLMEngine:
+    return VLLMEngine(job.engine, job.seed)
+
+
+#: in-process vLLM: the base EngineConfig, a batch of max_num_seqs per actor, GPUs placed
+#: by placement.py, no price
+SPEC = EngineSpec(kind="vllm", build=_build, preflight=check_model)

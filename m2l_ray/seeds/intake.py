@@ -1,6 +1,6 @@
 """Seed intake at pool scale: read, normalise and select the seed pool on Ray Data.
 
-``seeds.read_seeds`` reads every seed file in the driver, one row at a time: right for
+``seeds.reader.read_seeds`` reads every seed file in the driver, one row at a time: right for
 the package's sample and a few MB of a user's own, hopeless for the Aya Collection
 (hundreds of millions of rows). Above ``seeds.distributed_min_mb`` of input the pool is
 read here instead, and the driver only ever holds the selected seeds and counts.
@@ -8,10 +8,10 @@ read here instead, and the driver only ever holds the selected seeds and counts.
 One read, one shuffle:
 
 1. **Read** (one Ray Data read task per chunk: a JSONL file, or a run of a Parquet
-   file's row groups). Rows come from ``seeds.iter_rows`` (the in-memory reader's own
+   file's row groups). Rows come from ``seeds.reader.iter_rows`` (the in-memory reader's own
    code: gzip by magic bytes, BOM, row numbers, bad lines quarantined, pruning by
    ``seeds.languages`` / ``seeds.tasks`` before normalisation) and go through
-   ``seeds.normalise_row``. The chunk writes its bad rows as one quarantine shard and
+   ``seeds.reader.normalise_row``. The chunk writes its bad rows as one quarantine shard and
    emits a slim key (seed id, group, file, row) per usable row, its own top
    ``per_group_cap`` candidates per (language, task) group, and its counts.
 2. **Shuffle** (``groupby("part").map_groups``): keys by seed id into P parts, where
@@ -45,26 +45,15 @@ from typing import Any
 
 from m2l_ray.config import SeedsConfig, SeedSource
 from m2l_ray.errors import M2LError, SeedError
+from m2l_ray.io.formats import format_of
 from m2l_ray.languages import LanguageRegistry
+from m2l_ray.layout import SEED_QUARANTINE_KEY, SEED_QUARANTINE_SHARDS
 from m2l_ray.plan import Selection, select, selection_key
-from m2l_ray.seeds import (
-    Quarantined,
-    ReadCounts,
-    RowFilter,
-    Seed,
-    duplicate_of,
-    format_of,
-    iter_rows,
-    normalise_row,
-    parquet_file,
-    quarantine_jsonl,
-    read_seeds,
-    source_files,
-)
+from m2l_ray.seeds.files import parquet_file, source_files
+from m2l_ray.seeds.reader import RowFilter, iter_rows, normalise_row, read_seeds
+from m2l_ray.seeds.records import Quarantined, ReadCounts, Seed, duplicate_of, quarantine_jsonl
 
 MEMORY, DISTRIBUTED = "memory", "distributed"
-QUARANTINE_FILE = "quarantine/seeds.jsonl"  # the in-memory reader's one file
-QUARANTINE_SHARDS = "quarantine/seeds/"  # the distributed reader's shards
 MB = 1_000_000
 CHUNK_ROWS = 250_000  # Parquet row groups per read task: about this many rows
 KEY_BLOCK_ROWS = 200_000  # slim keys per emitted block: bounds a read task's memory
@@ -163,8 +152,8 @@ def _in_memory(cfg: SeedsConfig, registry: LanguageRegistry, task_ids: frozenset
     sel = replace(sel, skipped_by_filter=sel.skipped_by_filter + read.pruned)
     shards: tuple[str, ...] = ()
     if store is not None:
-        store.put_bytes(QUARANTINE_FILE, read.quarantine_jsonl())
-        shards = (QUARANTINE_FILE,)
+        store.put_bytes(SEED_QUARANTINE_KEY, read.quarantine_jsonl())
+        shards = (SEED_QUARANTINE_KEY,)
     counts = ReadCounts(read.rows_read, read.pruned, read.normalised, read.files_pruned)
     return Intake(sel, counts, len(read.files), dict(Counter(f"{s.language_code}/{s.task}" for s in read.seeds)),
                   dict(Counter(q.reason for q in read.quarantine)), MEMORY, "", quarantine=read.quarantine,
@@ -174,7 +163,7 @@ def _in_memory(cfg: SeedsConfig, registry: LanguageRegistry, task_ids: frozenset
 def _drop_stale(store: Any, written: Sequence[str]) -> None:
     """The quarantine holds this run's records only, whichever reader wrote them."""
     keep = set(written)
-    for key in [QUARANTINE_FILE, *store.list(QUARANTINE_SHARDS)]:
+    for key in [SEED_QUARANTINE_KEY, *store.list(SEED_QUARANTINE_SHARDS)]:
         if key not in keep and store.exists(key):
             store.delete(key)
 
@@ -230,7 +219,7 @@ class _Job:
     def put(self, key: str, records: list[Quarantined]) -> str | None:
         if self.sink is None or not records:
             return None
-        from m2l_ray.storage import Store
+        from m2l_ray.io import Store
 
         Store.open(*self.sink).put_bytes(key, quarantine_jsonl(records))
         return key
@@ -284,7 +273,7 @@ def read_chunk(chunk: _Chunk, file: tuple[int, Any, str], job: _Job) -> Iterator
             if len(sids) >= KEY_BLOCK_ROWS:
                 yield _keys_block(job, chunk, sids, grps, rows)
                 sids, grps, rows = [], [], []
-        shard = job.put(f"{QUARANTINE_SHARDS}rows-{chunk.index:05d}.jsonl", bad)
+        shard = job.put(f"{SEED_QUARANTINE_SHARDS}rows-{chunk.index:05d}.jsonl", bad)
     except M2LError as e:  # the file's (or the storage's) fault: one line on the driver, in file order
         yield _block("e", [job.key_parts], fi=[chunk.file], data=[str(e)])
         return
@@ -367,7 +356,7 @@ def _dedup(t: Any, job: _Job, part: int, emit: Any) -> None:
     paths = [p for _si, _fs, p in job.files]
     recs = [duplicate_of(paths[fi[i]], int(row[i]), paths[fi[head[i]]], int(row[head[i]]))
             for i in sorted(dups, key=lambda i: (fi[i], row[i]))]
-    shard = job.put(f"{QUARANTINE_SHARDS}duplicates-{part:05d}.jsonl", recs)
+    shard = job.put(f"{SEED_QUARANTINE_SHARDS}duplicates-{part:05d}.jsonl", recs)
     emit("s", None, 0, json.dumps({"reasons": {"duplicate_seed": len(recs)} if recs else {},
                                    "shards": [shard] if shard else []}))
 
@@ -456,7 +445,7 @@ def _distributed(cfg: SeedsConfig, registry: LanguageRegistry, task_ids: frozens
                  ray_address: str | None) -> Intake:
     import ray
 
-    from m2l_ray.pipeline import ray_init
+    from m2l_ray.ray_session import ray_init
 
     ray_init(ray_address)
     keep = RowFilter.of(cfg, registry, task_ids)

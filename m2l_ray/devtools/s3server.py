@@ -173,7 +173,7 @@ class LocalS3:
 
     def storage_options(self, **overrides: Any) -> Any:
         """StorageOptions pointing at this server (path-style addressing)."""
-        from m2l_ray.storage import StorageOptions
+        from m2l_ray.io.options import StorageOptions
 
         values: dict[str, Any] = {
             "endpoint_url": self.endpoint_url, "region": "us-east-1", "path_style": True,
@@ -364,6 +364,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--port", type=int, default=8333, help="S3 port")
     parser.add_argument(
+        "--timeout", type=float, default=120.0,
+        help="seconds to wait for the server to accept a signed write (default 120; a busy "
+             "machine can take a minute)",
+    )
+    parser.add_argument(
         "--access-key", default=os.environ.get("M2L_S3_ACCESS_KEY"),
         help="access key (default $M2L_S3_ACCESS_KEY or random)",
     )
@@ -374,7 +379,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m m2l_ray.s3server``: the same command as ``m2l s3-server``."""
+    """``python -m m2l_ray.devtools.s3server``: the same command as ``m2l s3-server``."""
     parser = argparse.ArgumentParser(
         prog="m2l s3-server",
         description="Run a local S3-compatible server (SeaweedFS) for m2l-ray.",
@@ -387,7 +392,7 @@ def serve(args: argparse.Namespace) -> int:
     """Run SeaweedFS until Ctrl-C (or SIGTERM) and print the env vars to export."""
     server = LocalS3.start(
         args.dir, args.bucket, host=args.host, port=args.port,
-        access_key=args.access_key, secret_key=args.secret_key,
+        access_key=args.access_key, secret_key=args.secret_key, timeout=args.timeout,
     )
     stop = threading.Event()
 

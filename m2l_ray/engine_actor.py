@@ -1,4 +1,4 @@
-"""The generation stage on Ray Data: an actor pool, one engine per actor.
+"""The engine actor of the generation stage: one engine per Ray Data actor.
 
 ``map_batches`` with an async callable class: Ray Data runs several small batches
 of one block concurrently inside an actor, and several blocks per actor at once,
@@ -25,8 +25,9 @@ import pyarrow as pa
 
 from m2l_ray.config import EngineConfig, JobConfig
 from m2l_ray.engines.base import Completion, Engine, EngineDead, RequestFailed, StepParams
+from m2l_ray.engines.registry import build_engine
 from m2l_ray.errors import M2LError
-from m2l_ray.plan import PlannedConversation
+from m2l_ray.plan import PlannedConversation, planned_requests
 from m2l_ray.progress import EngineTally
 from m2l_ray.schema import RAW_SCHEMA
 
@@ -34,19 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Ray Data runs this many async batches of one block concurrently (its default is 4).
 ASYNC_BATCHES_PER_TASK = 4
-
-
-def make_engine(job: JobConfig) -> Engine:
-    """The engine a config names; both kinds serve the same Synthesizer."""
-    if job.engine.kind == "vllm":
-        from m2l_ray.engines.vllm_engine import VLLMEngine
-
-        return VLLMEngine(job.engine, job.seed)
-    if job.engine.kind == "openai":
-        from m2l_ray.engines.openai_engine import OpenAIEngine
-
-        return OpenAIEngine(job)
-    raise ValueError(f"unknown engine kind {job.engine.kind}")
+#: conversations in flight per engine, as a multiple of its batch (pool_settings)
+QUEUE_FACTOR = 4.0
 
 
 class _CountedEngine:
@@ -102,7 +92,7 @@ class ConversationGenerator:
         from m2l_ray.context import build_synthesizer
 
         t0 = time.monotonic()
-        engine = make_engine(cfg)
+        engine = build_engine(cfg)
         self.tally = EngineTally()
         self.engine = _CountedEngine(engine, self.tally)
         self.synth = build_synthesizer(cfg, self.engine)
@@ -218,18 +208,18 @@ def _node_name() -> str:
         return socket.gethostname()
 
 
-def planned_requests(p: PlannedConversation) -> int:
-    """Requests an item needs when nothing fails: an evolution and an answer for the
-    first turn (the evolved pair), a user message and an answer for each further turn."""
-    return 2 * p.turns
-
-
 def pool_settings(
     cfg: EngineConfig, rows: int, engine_capacity: int | None = None, actors: int = 1
 ) -> dict[str, Any]:
-    """Block size and tasks in flight so that each engine sees ~1.5x its capacity in requests.
+    """Block size and tasks in flight so that each engine sees ``QUEUE_FACTOR`` x its
+    capacity in conversations.
 
     Capacity: vLLM's max_num_seqs, or the openai engine's per-actor in-flight bound.
+    Each conversation in flight has one request at a time, and a block holds its place
+    until its slowest conversation ends, so the queue must be deeper than the batch:
+    at 1.5x the engine ran 25-30 requests on a 32-seat batch for most of a job. The
+    requests waiting beyond the batch cost nothing (no KV cache until scheduled) and,
+    with priority scheduling, the longest conversations run first.
     A small job is cut into at least actors x tasks-in-flight blocks (when there are
     enough rows): Ray Data hands blocks to the actor on the blocks' own node (the
     driver's) until it holds its tasks-in-flight limit, so fewer blocks than that
@@ -237,7 +227,7 @@ def pool_settings(
     """
     capacity = engine_capacity or cfg.max_num_seqs
     target = cfg.batch_size * ASYNC_BATCHES_PER_TASK
-    in_flight = max(1, math.ceil(1.5 * capacity / target))
+    in_flight = max(1, math.ceil(QUEUE_FACTOR * capacity / target))
     num_blocks = max(1, math.ceil(rows / target), min(rows, actors * in_flight))
     return {
         "block_rows": math.ceil(rows / num_blocks),  # at most, as Ray Data splits the rows
