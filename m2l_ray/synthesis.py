@@ -20,7 +20,7 @@ from m2l_ray import __version__
 from m2l_ray.config import SamplingConfig
 from m2l_ray.engines.base import Completion, Engine, RequestFailed, StepParams
 from m2l_ray.languages import Language, LanguageRegistry
-from m2l_ray.plan import PlannedConversation, stable_int
+from m2l_ray.plan import PlannedConversation, planned_requests, stable_int
 from m2l_ray.prompts import (
     PromptBook,
     answer_messages,
@@ -78,7 +78,7 @@ def requests_after(p: PlannedConversation, step: str) -> int:
     stage, _, n = step.partition(".")
     turn = int(n) if stage != "evolve" else 0
     done = {"evolve": 1, "answer": 2 * turn, "user": 2 * turn - 1}[stage]
-    return max(0, 2 * p.turns - done)
+    return max(0, planned_requests(p) - done)
 
 
 class Synthesizer:
