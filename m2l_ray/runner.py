@@ -50,7 +50,7 @@ class JobPlan:
     seeds: Any  # seeds.intake.Intake
     planned: list[PlannedConversation]
     shape: dict[str, int]
-    warnings: list[str] = field(default_factory=list)
+    seed_warnings: list[str] = field(default_factory=list)  # LID coverage of the languages found
 
     @property
     def selection(self) -> Selection:
@@ -108,9 +108,8 @@ class Runner:
         seeds = intake(self.ctx, store, self.opts.ray_address)
         planned = plan_items(self.ctx, seeds.selection)
         found = {s.language_code for s in seeds.selection.selected}
-        warnings = list(self.ctx.warnings)
-        if not self.cfg.seeds.languages:  # with a list, prepare() already checked LID coverage
-            warnings += check_seed_languages(self.ctx, found)
+        # with a language list, prepare() already checked LID coverage (ctx.warnings)
+        warnings = [] if self.cfg.seeds.languages else check_seed_languages(self.ctx, found)
         return JobPlan(seeds, planned, planned_shape(seeds.selection.selected, planned), warnings)
 
     def preflight(self) -> None:
@@ -136,7 +135,7 @@ class Runner:
             "work_units": len({p.work_unit for p in planned}),
             "turns": dict(sorted(Counter(p.turns for p in planned).items())),
             "planned": job.shape,
-            "warnings": job.warnings,
+            "warnings": [*self.ctx.warnings, *job.seed_warnings],
             **job.seeds.report(),
             "seconds": round(time.monotonic() - t0, 2),
         }
@@ -244,7 +243,7 @@ class Runner:
         cfg, emit = self.cfg, self.emit
         job = self.plan(store)
         emit(f"[seeds] {job.seeds.line()}")
-        for w in job.warnings[len(self.ctx.warnings):]:  # the rest were printed at the start
+        for w in job.seed_warnings:  # the config's own were printed at the start
             emit(f"[config] {w}")
         if not job.planned:
             raise M2LError("no seeds selected: check seeds.sources, seeds.languages and seeds.tasks "
